@@ -1,0 +1,1 @@
+"""mitmproxy addon that captures ByteDance rotate and slide captchas and has omocaptcha solve them."""

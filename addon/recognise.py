@@ -1,0 +1,226 @@
+"""Parsing of `/captcha/get` and `/captcha/verify` bodies in their plain, list and `edata` shapes."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+import urllib.parse
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from addon import edata
+from addon.images import Role
+
+MAX_JSON_BODY = 2 * 1024 * 1024
+MAX_INLINE_IMAGE = 4 * 1024 * 1024
+
+
+class Kind(StrEnum):
+    ROTATE = "rotate"
+    SLIDE = "slide"
+
+
+MODE_KINDS = {"whirl": Kind.ROTATE, "rotate": Kind.ROTATE, "slide": Kind.SLIDE}
+CHALLENGE_CODE_MODES = {99996: "whirl", 99999: "slide", 99997: "3d"}
+URL_ROLES = {
+    Kind.ROTATE: (Role.OUTER, Role.INNER),
+    Kind.SLIDE: (Role.BACKGROUND, Role.PIECE),
+}
+
+VERIFICATION_HOST = re.compile(
+    r"(?:^|\.)(?:tiktok\.com|tiktokv\.com|tiktokv\.eu|tiktokv\.us|tiktokw\.eu|tiktokw\.us|byteoversea\.com"
+    r"|zijieapi\.com|snssdk\.com|douyin\.com|doubao\.com|juejin\.cn|tokopedia\.com|bytedance\.com)$"
+)
+CAPTCHA_CDN_HOST = re.compile(
+    r"^p\d+-(?:rc-)?(?:captcha|catpcha|security)[a-z0-9-]*"
+    r"\.(?:ibyteimg\.com|byteimg\.com|tiktokcdn\.com|tiktokcdn-eu\.com|tiktokcdn-us\.com)$"
+)
+
+
+class NotRecognised(ValueError):
+    """The body is not one this module understands; the message says why without echoing it."""
+
+
+@dataclass(frozen=True, slots=True)
+class AnnouncedChallenge:
+    """One challenge as a get response describes it."""
+
+    id: str
+    mode: str
+    kind: Kind | None
+    urls: dict[Role, tuple[str, ...]] = field(default_factory=dict)
+    """Role → the primary URL then its backups. Out-of-scope modes (3d, icon) list theirs under BACKGROUND."""
+    inline: dict[Role, bytes] = field(default_factory=dict)
+    tip_y: float | None = None
+    verify_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyRequest:
+    challenge_id: str | None
+    mode: str | None
+
+
+def url_key(url: str) -> str:
+    """An image's identity: the same image is served from several hosts, so only the path counts."""
+    path = urllib.parse.urlsplit(url).path
+    return path or "/"
+
+
+def load_json(body: bytes) -> Any:
+    if len(body) > MAX_JSON_BODY:
+        raise NotRecognised(f"body too large ({len(body)} bytes)")
+    try:
+        return json.loads(body)
+    except (UnicodeDecodeError, ValueError):
+        raise NotRecognised("body is not JSON") from None
+
+
+def _unwrap(obj: Any) -> Any:
+    try:
+        return edata.unwrap(obj)
+    except edata.EdataError as e:
+        raise NotRecognised(str(e)) from None
+
+
+def parse_get(body: bytes) -> list[AnnouncedChallenge]:
+    """All challenges of a `/captcha/get` response (shape A, B or C); raises NotRecognised."""
+    doc = _unwrap(load_json(body))
+    if not isinstance(doc, dict):
+        raise NotRecognised("get body is not a JSON object")
+    data = doc.get("data", doc)
+    data = _unwrap(data)
+    if not isinstance(data, dict):
+        raise NotRecognised("get body has no data object")
+    if isinstance(data.get("data"), dict) and "challenges" not in data and "question" not in data:
+        data = data["data"]
+    verify_id = _str(data.get("verify_id"))
+    if isinstance(data.get("challenges"), list):
+        items = [c for c in data["challenges"] if isinstance(c, dict)]
+    elif isinstance(data.get("question"), dict):
+        items = [data]
+    else:
+        raise NotRecognised("get body has neither data.question nor data.challenges")
+    out = [c for c in (_challenge(item, verify_id) for item in items) if c is not None]
+    if not out:
+        raise NotRecognised("get body lists no usable challenge")
+    return out
+
+
+def _str(value: Any) -> str | None:
+    if isinstance(value, str) and value:
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return None
+
+
+def _urls(question: dict[str, Any], n: int) -> tuple[str, ...]:
+    urls: list[str] = []
+    primary = question.get(f"url{n}")
+    if isinstance(primary, str) and primary:
+        urls.append(primary)
+    backups = question.get(f"backup_url{n}")
+    if isinstance(backups, str):
+        backups = [backups]
+    if isinstance(backups, list):
+        urls.extend(u for u in backups if isinstance(u, str) and u and u not in urls)
+    return tuple(urls)
+
+
+def _inline(question: dict[str, Any], n: int) -> bytes | None:
+    value = question.get(f"object{n}")
+    if value is None and n == 1:
+        objects = question.get("objects")
+        value = objects[0] if isinstance(objects, list) and objects else None
+    elif value is None and n == 2:
+        objects = question.get("objects")
+        value = objects[1] if isinstance(objects, list) and len(objects) > 1 else None
+    if not isinstance(value, str) or not value or len(value) > MAX_INLINE_IMAGE * 4 // 3 + 64:
+        return None
+    if value.startswith("data:"):
+        value = value.partition(",")[2]
+    try:
+        return base64.b64decode(value + "=" * (-len(value) % 4), validate=False)
+    except (binascii.Error, ValueError):
+        return None
+
+
+def _challenge(item: dict[str, Any], verify_id: str | None) -> AnnouncedChallenge | None:
+    challenge_id = _str(item.get("id"))
+    question = item.get("question")
+    if challenge_id is None or not isinstance(question, dict):
+        return None
+    mode = item.get("mode")
+    if not isinstance(mode, str) or not mode:
+        code = item.get("challenge_code")
+        mode = CHALLENGE_CODE_MODES.get(code, "unknown") if isinstance(code, int) else "unknown"
+    mode = mode.lower()
+    kind = MODE_KINDS.get(mode)
+    tip_y = question.get("tip_y")
+    urls: dict[Role, tuple[str, ...]] = {}
+    inline: dict[Role, bytes] = {}
+    roles = URL_ROLES[kind] if kind else (Role.BACKGROUND, None)
+    for n, role in enumerate(roles, start=1):
+        if role is None:
+            continue
+        found = _urls(question, n)
+        if found:
+            urls[role] = found
+        if kind is not None and (data := _inline(question, n)) is not None:
+            inline[role] = data
+    return AnnouncedChallenge(
+        id=challenge_id,
+        mode=mode,
+        kind=kind,
+        urls=urls,
+        inline=inline,
+        tip_y=float(tip_y) if isinstance(tip_y, int | float) and not isinstance(tip_y, bool) else None,
+        verify_id=_str(item.get("verify_id")) or verify_id,
+    )
+
+
+def parse_verify_request(body: bytes) -> VerifyRequest:
+    """The challenge a `/captcha/verify` request answers, from its JSON or form body (plain or `edata`)."""
+    if not body:
+        return VerifyRequest(None, None)
+    doc: Any
+    try:
+        doc = _unwrap(load_json(body))
+    except NotRecognised:
+        try:
+            form = urllib.parse.parse_qs(body.decode("utf-8", "strict"), max_num_fields=64)
+        except (UnicodeDecodeError, ValueError):
+            return VerifyRequest(None, None)
+        doc = {k: v[0] for k, v in form.items() if v}
+        try:
+            doc = _unwrap(doc)
+        except NotRecognised:
+            return VerifyRequest(None, None)
+    if isinstance(doc, dict) and isinstance(doc.get("data"), dict) and "id" not in doc:
+        doc = doc["data"]
+    if not isinstance(doc, dict):
+        return VerifyRequest(None, None)
+    mode = doc.get("mode")
+    return VerifyRequest(_str(doc.get("id")), mode if isinstance(mode, str) else None)
+
+
+def parse_verify_response(body: bytes) -> bool:
+    """Whether the site accepted the answer; raises NotRecognised when the body says neither."""
+    doc = _unwrap(load_json(body))
+    if not isinstance(doc, dict):
+        raise NotRecognised("verify body is not a JSON object")
+    if isinstance(doc.get("data"), dict) and "code" not in doc and "code" in doc["data"]:
+        doc = doc["data"]
+    code = doc.get("code")
+    if isinstance(code, str) and code.isdigit():
+        code = int(code)
+    if isinstance(code, int) and not isinstance(code, bool):
+        return code == 200
+    sub = doc.get("msg_sub_code")
+    if isinstance(sub, str):
+        return sub == "success"
+    raise NotRecognised("verify body has no code")
