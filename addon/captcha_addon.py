@@ -162,6 +162,7 @@ class CaptchaCapture:
         self.challenges: OrderedDict[str, tuple[str, Kind]] = OrderedDict()
         self.newest_solved: OrderedDict[str, str] = OrderedDict()
         self.newest_captured: OrderedDict[str, str] = OrderedDict()
+        self.captured_ids: OrderedDict[str, str] = OrderedDict()
         self._held: dict[str, asyncio.Future[Event]] = {}
         self._held_flows: dict[str, asyncio.Future[Event]] = {}
         self._challenge_flows: dict[str, list[http.HTTPFlow]] = {}
@@ -356,6 +357,9 @@ class CaptchaCapture:
                 self._challenge_flows.pop(outcome.challenge_id, None)
 
     def _captured(self, c: Captured, flow: http.HTTPFlow | None) -> None:
+        if c.challenge_id in self.captured_ids:
+            return
+        _bump(self.captured_ids, c.challenge_id, c.client)
         self._remember(c.challenge_id, c.client, c.kind)
         _bump(self.newest_captured, c.client, c.challenge_id)
         self.log.captured(c)

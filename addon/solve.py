@@ -169,7 +169,7 @@ class Solver:
     def submit(self, captured: Captured) -> None:
         """Starts solving a challenge that has just been captured; returns at once."""
         config = self.config
-        if config is None or not config.key:
+        if config is None or not config.key or captured.challenge_id in self._jobs:
             return
         now = self.clock()
         job = _Job(captured, now, now + config.timeout_s)
@@ -183,7 +183,7 @@ class Solver:
             self._finish(job, "failed", reason="api_error",
                          message="omocaptcha is unreachable; failing fast until it answers again")
             return
-        if self.waiting > config.max_waiting:
+        if len(self._jobs) > config.max_jobs + config.max_waiting:
             self._finish(job, "failed", reason="overloaded",
                          message=f"more than {config.max_waiting} challenges already wait for a job slot")
             return

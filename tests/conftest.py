@@ -27,3 +27,67 @@ def seal(obj: Any, version: int = 1) -> str:
     enc = Cipher(ChaCha20(key, b"\0\0\0\0" + nonce), mode=None).encryptor()
     cipher = enc.update(json.dumps(obj).encode()) + enc.finalize()
     return base64.b64encode(bytes([version]) + key + nonce + cipher).decode()
+
+
+def tiny_manifest(directory: Path, whirls: int = 2, slides: int = 2) -> dict[str, Any]:
+    """A small manifest in the test kit's format (scripts/testkit/CONTRACT.md), quick to make."""
+    import hashlib
+    import io
+    import random
+
+    from PIL import Image
+
+    rng = random.Random(7)
+    directory.mkdir(parents=True, exist_ok=True)
+    challenges: list[dict[str, Any]] = []
+
+    def save(name: str, img: Image.Image, fmt: str) -> dict[str, Any]:
+        out = io.BytesIO()
+        img.save(out, fmt)
+        data = out.getvalue()
+        (directory / name).write_bytes(data)
+        h = hashlib.sha256(data).hexdigest()
+        return {
+            "file": name,
+            "path": f"/tos-maliva-i-b4yrtqhy5a-us/{h[:32]}~tplv-b4yrtqhy5a-1.png",
+            "sha256": h,
+            "width": img.width,
+            "height": img.height,
+            "format": "png" if fmt == "PNG" else "jpeg",
+        }
+
+    for i in range(whirls):
+        angle = rng.uniform(10, 350)
+        base = Image.effect_noise((347, 347), 50 + i).convert("RGBA")
+        challenges.append(
+            {
+                "id": f"{i:040x}",
+                "mode": "whirl",
+                "variant": "png",
+                "angle": angle,
+                "drag_px": angle / 360 * 271,
+                "images": {
+                    "outer": save(f"w{i}-outer.png", base, "PNG"),
+                    "inner": save(f"w{i}-inner.png", base.crop((68, 68, 279, 279)), "PNG"),
+                },
+            }
+        )
+    for i in range(slides):
+        gap_x = rng.randint(120, 430)
+        bg = Image.effect_noise((552, 344), 30 + i).convert("RGB")
+        challenges.append(
+            {
+                "id": f"{1000 + i:040x}",
+                "mode": "slide",
+                "variant": "jpeg",
+                "gap_x": gap_x,
+                "tip_y": 80,
+                "images": {
+                    "background": save(f"s{i}-bg.jpg", bg, "JPEG"),
+                    "piece": save(f"s{i}-piece.png", Image.new("RGBA", (110, 110), (9, 9, 9, 200)), "PNG"),
+                },
+            }
+        )
+    manifest = {"seed": 7, "widget": {"width": 340, "handle": 69, "travel": 271}, "challenges": challenges}
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+    return manifest

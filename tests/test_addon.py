@@ -26,19 +26,36 @@ def png(size: tuple[int, int], hole: bool = False, alpha: bool = True, seed: int
     img = Image.effect_noise(size, 40 + seed).convert("RGBA" if alpha else "RGB")
     if hole:
         w, h = size
-        ImageDraw.Draw(img).ellipse((w // 2 - 105, h // 2 - 105, w // 2 + 105, h // 2 + 105),
-                                    fill=(0, 0, 0, 0) if alpha else (255, 255, 255))
+        ImageDraw.Draw(img).ellipse(
+            (w // 2 - 105, h // 2 - 105, w // 2 + 105, h // 2 + 105), fill=(0, 0, 0, 0) if alpha else (255, 255, 255)
+        )
     out = io.BytesIO()
     img.save(out, "PNG" if alpha else "JPEG")
     return out.getvalue()
 
 
-def make_flow(host: str, path: str, body: bytes, *, client: str = "10.0.0.2", method: str = "GET",
-              request_body: bytes = b"", headers: dict[str, str] | None = None, status: int = 200) -> Any:
+def make_flow(
+    host: str,
+    path: str,
+    body: bytes,
+    *,
+    client: str = "10.0.0.2",
+    method: str = "GET",
+    request_body: bytes = b"",
+    headers: dict[str, str] | None = None,
+    status: int = 200,
+) -> Any:
     f = tflow.tflow(resp=True)
     f.client_conn.peername = (client, 40000)
-    f.request = tutils.treq(host=host, port=443, scheme=b"https", path=path.encode(), method=method.encode(),
-                            content=request_body, headers=tuple((k.encode(), v.encode()) for k, v in (headers or {}).items()))
+    f.request = tutils.treq(
+        host=host,
+        port=443,
+        scheme=b"https",
+        path=path.encode(),
+        method=method.encode(),
+        content=request_body,
+        headers=tuple((k.encode(), v.encode()) for k, v in (headers or {}).items()),
+    )
     f.request.headers["host"] = host
     f.response = tutils.tresp(status_code=status, content=body)
     return f
@@ -59,15 +76,24 @@ def events(path: Path) -> list[dict[str, Any]]:
 
 
 def get_body(cid: str, mode: str, url1: str, url2: str, tip_y: int = 0) -> bytes:
-    return json.dumps({"code": 200, "data": {"id": cid, "mode": mode, "question": {
-        "url1": url1, "url2": url2, "tip_y": tip_y}, "verify_id": "Verify_x"}}).encode()
+    return json.dumps(
+        {
+            "code": 200,
+            "data": {
+                "id": cid,
+                "mode": mode,
+                "question": {"url1": url1, "url2": url2, "tip_y": tip_y},
+                "verify_id": "Verify_x",
+            },
+        }
+    ).encode()
 
 
 async def test_whirl_from_get_is_captured_with_roles_and_flows_untouched(
     addon_env: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level("INFO")
-    tctx, capture, sidecar = addon_env
+    _tctx, capture, sidecar = addon_env
     outer, inner = png((347, 347), hole=True), png((211, 211), seed=1)
     u1, u2 = f"https://{CDN}/tos-x/aaa~tplv-x-1.png", f"https://{CDN}/tos-x/bbb~tplv-x-1.png"
     get = make_flow("verification-va.tiktok.com", "/captcha/get?aid=1", get_body("c" * 40, "whirl", u1, u2))
@@ -91,16 +117,39 @@ async def test_edata_slide_with_tip_y_and_verify(addon_env: Any) -> None:
     _, capture, sidecar = addon_env
     bg = png((552, 344), alpha=False)
     piece = png((110, 110), seed=3)
-    inner = {"code": 200, "data": {"challenges": [{"id": "s1", "mode": "slide", "question": {
-        "url1": f"https://{CDN}/tos/bg.jpeg", "url2": f"https://{CDN}/tos/piece.png", "tip_y": 77}}]}}
-    await capture.response(make_flow("rc-verification-sg.tiktokv.com", "/captcha/get",
-                                     json.dumps({"data": {"edata": seal(inner)}}).encode()))
+    inner = {
+        "code": 200,
+        "data": {
+            "challenges": [
+                {
+                    "id": "s1",
+                    "mode": "slide",
+                    "question": {
+                        "url1": f"https://{CDN}/tos/bg.jpeg",
+                        "url2": f"https://{CDN}/tos/piece.png",
+                        "tip_y": 77,
+                    },
+                }
+            ]
+        },
+    }
+    await capture.response(
+        make_flow(
+            "rc-verification-sg.tiktokv.com", "/captcha/get", json.dumps({"data": {"edata": seal(inner)}}).encode()
+        )
+    )
     await capture.response(make_flow(CDN, "/tos/piece.png", piece))
     await capture.response(make_flow(CDN, "/tos/bg.jpeg", bg))
     verify_req = json.dumps({"edata": seal({"id": "s1", "mode": "slide", "reply": []})}).encode()
-    await capture.response(make_flow("rc-verification-sg.tiktokv.com", "/captcha/verify", json.dumps(
-        {"code": 200, "message": "Verification complete", "msg_sub_code": "success"}).encode(), method="POST",
-        request_body=verify_req))
+    await capture.response(
+        make_flow(
+            "rc-verification-sg.tiktokv.com",
+            "/captcha/verify",
+            json.dumps({"code": 200, "message": "Verification complete", "msg_sub_code": "success"}).encode(),
+            method="POST",
+            request_body=verify_req,
+        )
+    )
     captured, verified = events(sidecar)
     assert captured["kind"] == "slide" and captured["tip_y"] == 77
     assert set(captured["images"]) == {"background", "piece"} and captured["images"]["background"]["format"] == "jpeg"
@@ -126,9 +175,12 @@ async def test_outer_size_without_a_hole_is_not_a_ring(addon_env: Any) -> None:
 
 @pytest.mark.parametrize("body", [b"", b"<html>", b"\x89PNG\r\n\x1a\n\0\0", b"{" * 5000, os.urandom(4000)])
 async def test_bad_input_passes_untouched_with_a_log_line(addon_env: Any, body: bytes) -> None:
-    tctx, capture, sidecar = addon_env
-    for host, path in (("verification-va.tiktok.com", "/captcha/get"), (CDN, "/x.png"),
-                       ("verification-va.tiktok.com", "/captcha/verify")):
+    _tctx, capture, sidecar = addon_env
+    for host, path in (
+        ("verification-va.tiktok.com", "/captcha/get"),
+        (CDN, "/x.png"),
+        ("verification-va.tiktok.com", "/captcha/verify"),
+    ):
         f = make_flow(host, path, body)
         f.response.headers["content-type"] = "image/png"
         await capture.response(f)
@@ -140,8 +192,12 @@ async def test_header_client_key_follows_the_connection(addon_env: Any) -> None:
     tctx, capture, sidecar = addon_env
     tctx.configure(capture, captcha_client_key="header:X-Device-Id")
     u1, u2 = f"https://{CDN}/tos/o.png", f"https://{CDN}/tos/i.png"
-    get = make_flow("verification-va.tiktok.com", "/captcha/get", get_body("h1", "whirl", u1, u2),
-                    headers={"X-Device-Id": "phone-7"})
+    get = make_flow(
+        "verification-va.tiktok.com",
+        "/captcha/get",
+        get_body("h1", "whirl", u1, u2),
+        headers={"X-Device-Id": "phone-7"},
+    )
     await capture.response(get)
     for path, body in (("/tos/o.png", png((347, 347), hole=True)), ("/tos/i.png", png((211, 211)))):
         f = make_flow(CDN, path, body)
@@ -152,7 +208,7 @@ async def test_header_client_key_follows_the_connection(addon_env: Any) -> None:
 
 
 async def test_custom_get_filter_replaces_the_builtin_rule(addon_env: Any) -> None:
-    tctx, capture, sidecar = addon_env
+    tctx, capture, _sidecar = addon_env
     tctx.configure(capture, captcha_get_filter="~d example.test & ~u /challenge")
     body = get_body("f1", "whirl", f"https://{CDN}/o.png", f"https://{CDN}/i.png")
     await capture.response(make_flow("verification-va.tiktok.com", "/captcha/get", body))
@@ -161,12 +217,19 @@ async def test_custom_get_filter_replaces_the_builtin_rule(addon_env: Any) -> No
     assert capture.assembler.is_announced("/o.png")
 
 
-@pytest.mark.parametrize(("option", "value"), [
-    ("captcha_client_key", "mac"), ("captcha_get_filter", "~q ~~"), ("captcha_pair_window", 0),
-    ("omocaptcha_url", "ftp://x"), ("captcha_max_jobs", 0), ("captcha_host", ""),
-])
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("captcha_client_key", "mac"),
+        ("captcha_get_filter", "~q ~~"),
+        ("captcha_pair_window", 0),
+        ("omocaptcha_url", "ftp://x"),
+        ("captcha_max_jobs", 0),
+        ("captcha_host", ""),
+    ],
+)
 def test_bad_options_are_refused(addon_env: Any, option: str, value: Any) -> None:
-    tctx, capture, _ = addon_env
+    tctx, _capture, _ = addon_env
     with pytest.raises(exceptions.OptionsError):
         tctx.options.update(**{option: value})
 

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import functools
 import hashlib
+import operator
 from dataclasses import dataclass
 
 from hypothesis import given, settings
@@ -23,8 +25,13 @@ def part(role: Role, url: str, tag: str) -> ImagePart:
 def announce(cid: str, kind: Kind, mode: str | None = None) -> AnnouncedChallenge:
     roles = (Role.OUTER, Role.INNER) if kind is Kind.ROTATE else (Role.BACKGROUND, Role.PIECE)
     urls = {r: (f"{CDN}/tos/{cid}-{r}~tplv-1.png", f"{BACKUP}/tos/{cid}-{r}~tplv-1.png") for r in roles}
-    return AnnouncedChallenge(id=cid, mode=mode or ("whirl" if kind is Kind.ROTATE else "slide"), kind=kind,
-                              urls=urls, tip_y=12.0 if kind is Kind.SLIDE else None)
+    return AnnouncedChallenge(
+        id=cid,
+        mode=mode or ("whirl" if kind is Kind.ROTATE else "slide"),
+        kind=kind,
+        urls=urls,
+        tip_y=12.0 if kind is Kind.SLIDE else None,
+    )
 
 
 def feed(a: Assembler, ch: AnnouncedChallenge, role: Role, now: float, backup: bool = False) -> list[Outcome]:
@@ -40,7 +47,12 @@ def test_whirl_from_get_in_either_order_with_duplicates_and_backup_host() -> Non
     assert feed(a, ch, Role.INNER, 1.1) == []
     [captured] = feed(a, ch, Role.OUTER, 1.2)
     assert isinstance(captured, Captured)
-    assert (captured.challenge_id, captured.client, captured.kind, captured.source) == ("c1", "dev1", Kind.ROTATE, "get")
+    assert (captured.challenge_id, captured.client, captured.kind, captured.source) == (
+        "c1",
+        "dev1",
+        Kind.ROTATE,
+        "get",
+    )
     assert set(captured.images) == {Role.OUTER, Role.INNER}
     assert captured.images[Role.INNER].url.startswith(BACKUP)
     assert feed(a, ch, Role.OUTER, 2.0) == []
@@ -104,7 +116,9 @@ def test_geometry_pairs_and_a_lone_background_is_never_a_slide() -> None:
     assert a.add_geometry_image("dev1", part(Role.BACKGROUND, "u-bg", "g1"), 0.0) == []
     assert a.add_geometry_image("dev2", part(Role.OUTER, "u-o", "g2"), 0.1) == []
     [c] = a.add_geometry_image("dev2", part(Role.INNER, "u-i", "g2"), 0.2)
-    assert isinstance(c, Captured) and c.client == "dev2" and c.source == "geometry" and c.challenge_id.startswith("geo-")
+    assert (
+        isinstance(c, Captured) and c.client == "dev2" and c.source == "geometry" and c.challenge_id.startswith("geo-")
+    )
     assert a.add_geometry_image("dev2", part(Role.INNER, "u-i", "g2"), 0.3) == []
     [e] = a.tick(31.0)
     assert isinstance(e, Expired) and e.kind is None and e.client == "dev1"
@@ -142,10 +156,21 @@ def fleets(draw: st.DrawFn) -> tuple[list[Plan], list[int]]:
             kind = draw(st.sampled_from([Kind.ROTATE, Kind.SLIDE]))
             roles = [Role.OUTER, Role.INNER] if kind is Kind.ROTATE else [Role.BACKGROUND, Role.PIECE]
             order = tuple(draw(st.permutations(roles)))
-            mine.append(Plan(f"10.0.0.{ci}", f"{ci}-{k}", kind, draw(st.booleans()), order,
-                             draw(st.booleans()), draw(st.booleans())))
+            mine.append(
+                Plan(
+                    f"10.0.0.{ci}",
+                    f"{ci}-{k}",
+                    kind,
+                    draw(st.booleans()),
+                    order,
+                    draw(st.booleans()),
+                    draw(st.booleans()),
+                )
+            )
         plans.append(mine)
-    steps: list[list[Plan]] = [[p] * (1 + len(p.order) + p.duplicate) for p in sum(plans, [])]
+    steps: list[list[Plan]] = [
+        [p] * (1 + len(p.order) + p.duplicate) for p in functools.reduce(operator.iadd, plans, [])
+    ]
     total = sum(len(s) for s in steps)
     picks = draw(st.lists(st.integers(0, n_clients - 1), min_size=total * 2, max_size=total * 2))
     return [p for mine in plans for p in mine], picks
@@ -190,8 +215,12 @@ def test_random_interleavings_of_many_clients_pair_correctly(fleet: tuple[list[P
     by_plan = {p.cid: p for p in plans}
     for c in captured:
         shas = {p.sha256 for p in c.images.values()}
-        owners = {cid for cid in by_plan if hashlib.sha256(f"{cid}:{Role.OUTER}".encode()).hexdigest() in shas
-                  or hashlib.sha256(f"{cid}:{Role.BACKGROUND}".encode()).hexdigest() in shas}
+        owners = {
+            cid
+            for cid in by_plan
+            if hashlib.sha256(f"{cid}:{Role.OUTER}".encode()).hexdigest() in shas
+            or hashlib.sha256(f"{cid}:{Role.BACKGROUND}".encode()).hexdigest() in shas
+        }
         assert len(owners) == 1
         plan = by_plan[owners.pop()]
         assert c.client == plan.client and c.kind is plan.kind

@@ -18,12 +18,15 @@ def encode(img: Image.Image, fmt: str, **kw: object) -> bytes:
     return out.getvalue()
 
 
-@pytest.mark.parametrize(("name", "role", "fmt", "alpha"), [
-    ("whirl-png-outer-347.png", Role.OUTER, "png", True),
-    ("whirl-png-inner-211.png", Role.INNER, "png", True),
-    ("whirl-jpeg-outer-347.jpg", Role.OUTER, "jpeg", False),
-    ("whirl-jpeg-inner-211.jpg", Role.INNER, "jpeg", False),
-])
+@pytest.mark.parametrize(
+    ("name", "role", "fmt", "alpha"),
+    [
+        ("whirl-png-outer-347.png", Role.OUTER, "png", True),
+        ("whirl-png-inner-211.png", Role.INNER, "png", True),
+        ("whirl-jpeg-outer-347.jpg", Role.OUTER, "jpeg", False),
+        ("whirl-jpeg-inner-211.jpg", Role.INNER, "jpeg", False),
+    ],
+)
 def test_real_whirl_samples(name: str, role: Role, fmt: str, alpha: bool) -> None:
     body = sample(name)
     info = images.probe(body)

@@ -1,0 +1,232 @@
+"""The solver and its omocaptcha client against the fake service, one fault at a time."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import tiny_manifest
+
+from addon.assemble import Captured, make_part
+from addon.events import EventLog
+from addon.images import Role, probe
+from addon.recognise import Kind
+from addon.solve import Solver, SolverConfig
+from scripts.fake_omocaptcha import FakeOmocaptcha
+
+KEY = "test-key-3141"
+
+
+@pytest.fixture(scope="module")
+def manifest_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    d = tmp_path_factory.mktemp("manifest")
+    return d, tiny_manifest(d)
+
+
+@pytest.fixture
+def fake(manifest_dir: tuple[Path, dict[str, Any]]) -> Iterator[FakeOmocaptcha]:
+    with FakeOmocaptcha(keys=(KEY,), manifests=(str(manifest_dir[0]),)) as f:
+        yield f
+
+
+def captured_from(
+    manifest_dir: tuple[Path, dict[str, Any]], mode: str, n: int = 0, client: str = "c1", suffix: str = ""
+) -> Captured:
+    d, manifest = manifest_dir
+    ch = [c for c in manifest["challenges"] if c["mode"] == mode][n]
+    parts = {}
+    for role, img in ch["images"].items():
+        body = (d / img["file"]).read_bytes()
+        parts[Role(role)] = make_part(Role(role), "https://cdn" + img["path"], body, probe(body))
+    return Captured(ch["id"] + suffix, client, Kind.ROTATE if mode == "whirl" else Kind.SLIDE, "get", parts, None, None)
+
+
+class Harness:
+    def __init__(self, url: str, **config: Any):
+        self.log = EventLog()
+        self.events: list[dict[str, Any]] = []
+        self.log.subscribers.append(self.events.append)
+        self.solver = Solver(self.log)
+        self.solver.configure(SolverConfig(key=KEY, url=url, **({"poll_s": 0.05, "timeout_s": 5} | config)))
+
+    def finals(self) -> list[dict[str, Any]]:
+        return [e for e in self.events if e["event"] in ("solved", "failed")]
+
+    async def settle(self, n: int = 1, limit: float = 10) -> list[dict[str, Any]]:
+        for _ in range(int(limit / 0.02)):
+            if len(self.finals()) >= n:
+                break
+            await asyncio.sleep(0.02)
+        return self.finals()
+
+
+async def test_rotate_sends_inner_then_outer_and_gets_the_slider_distance(
+    fake: FakeOmocaptcha, manifest_dir: Any
+) -> None:
+    h = Harness(fake.base_url)
+    c = captured_from(manifest_dir, "whirl")
+    h.solver.submit(c)
+    [final] = await h.settle()
+    truth = next(x for x in manifest_dir[1]["challenges"] if x["id"] == c.challenge_id)
+    assert truth
+    assert final["event"] == "solved" and final["result"] == str(round(truth["drag_px"]))
+    assert final["answer"] == {"value": float(round(truth["drag_px"]))} and final["service"] == "omocaptcha-v1"
+    assert [e["event"] for e in h.events] == ["solving", "solved"]
+    create = next(r for r in fake.log() if r["path"].endswith("createJob"))
+    assert create["body"]["data"]["type_job_id"] == "23"
+    assert [p.get("role") for p in create["body"]["data"]["image_base64"]] == ["inner", "outer"]
+    assert create["body"]["api_token"] == KEY
+    await h.solver.shutdown()
+
+
+async def test_slide_sends_background_and_width_view(fake: FakeOmocaptcha, manifest_dir: Any) -> None:
+    h = Harness(fake.base_url.rstrip("/"), width_view=348)
+    c = captured_from(manifest_dir, "slide")
+    h.solver.submit(c)
+    [final] = await h.settle()
+    truth = next(x for x in manifest_dir[1]["challenges"] if x["id"] == c.challenge_id)
+    assert truth
+    answer = final["answer"]
+    assert answer["width_view"] == 348 and abs(answer["x_natural"] - truth["gap_x"]) <= 1.0
+    assert answer["fraction"] == pytest.approx(answer["x"] / 348)
+    create = next(r for r in fake.log() if r["path"].endswith("createJob"))
+    assert create["body"]["data"]["width_view"] == 348 and create["body"]["data"]["type_job_id"] == "21"
+    await h.solver.shutdown()
+
+
+async def test_polls_respect_the_interval(fake: FakeOmocaptcha, manifest_dir: Any) -> None:
+    fake.control(solve_seconds=0.5)
+    h = Harness(fake.base_url, poll_s=0.2)
+    h.solver.submit(captured_from(manifest_dir, "whirl"))
+    [final] = await h.settle()
+    assert final["event"] == "solved"
+    assert fake.stats()["polls"]["min_interval_ms"] >= 190
+    await h.solver.shutdown()
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        "http_500",
+        "http_502",
+        "http_429",
+        "non_json",
+        "wrong_shape",
+        "error_true",
+        "drop",
+        "success_field",
+        "empty_result",
+        "waiting_status",
+        "unknown_status",
+    ],
+)
+async def test_poll_faults_are_ridden_out(fake: FakeOmocaptcha, manifest_dir: Any, fault: str) -> None:
+    fake.control(faults={"getJobResult": {fault: 0.5}}, solve_seconds=0.2, draw="spread")
+    h = Harness(fake.base_url)
+    h.solver.submit(captured_from(manifest_dir, "whirl"))
+    [final] = await h.settle()
+    assert final["event"] == "solved", final
+    await h.solver.shutdown()
+
+
+async def test_unsolvable_and_invalid_key(fake: FakeOmocaptcha, manifest_dir: Any) -> None:
+    fake.control(fail_share=1.0)
+    h = Harness(fake.base_url)
+    h.solver.submit(captured_from(manifest_dir, "whirl"))
+    [final] = await h.settle()
+    assert final["reason"] == "unsolvable"
+    fake.control(invalid_keys=[KEY], fail_share=0)
+    h.solver.submit(captured_from(manifest_dir, "whirl", 1))
+    await h.settle(2)
+    h.solver.submit(captured_from(manifest_dir, "slide", 0))
+    finals = await h.settle(3)
+    assert [f["reason"] for f in finals[1:]] == ["invalid_key", "invalid_key"]
+    assert len([r for r in fake.log() if r["path"].endswith("createJob")]) == 2
+    assert all(KEY not in str(e) for e in h.events)
+    await h.solver.shutdown()
+
+
+@pytest.mark.parametrize("fault", ["http_500_after_create", "drop_after_create", "wrong_shape", "http_500"])
+async def test_create_job_that_may_have_been_charged_is_not_repeated(
+    fake: FakeOmocaptcha, manifest_dir: Any, fault: str
+) -> None:
+    fake.control(faults={"createJob": {fault: 1.0}})
+    h = Harness(fake.base_url)
+    h.solver.submit(captured_from(manifest_dir, "whirl"))
+    [final] = await h.settle()
+    assert final["reason"] == "api_error"
+    assert len([r for r in fake.log() if r["path"].endswith("createJob")]) == 1
+    await h.solver.shutdown()
+
+
+async def test_create_job_refused_with_429_is_retried(fake: FakeOmocaptcha, manifest_dir: Any) -> None:
+    fake.control(faults={"createJob": {"http_429": 0.5}}, draw="spread", seed=0)
+    h = Harness(fake.base_url)
+    for n in range(2):
+        h.solver.submit(captured_from(manifest_dir, "whirl", n))
+    finals = await h.settle(2)
+    assert [f["event"] for f in finals] == ["solved", "solved"]
+    await h.solver.shutdown()
+
+
+async def test_timeout_counts_from_capture(fake: FakeOmocaptcha, manifest_dir: Any) -> None:
+    fake.control(solve_seconds=30)
+    h = Harness(fake.base_url, timeout_s=0.6)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    h.solver.submit(captured_from(manifest_dir, "slide"))
+    [final] = await h.settle()
+    assert final["reason"] == "timeout" and loop.time() - start < 1.5
+    await h.solver.shutdown()
+
+
+async def test_service_down_fails_fast_then_recovers(manifest_dir: Any) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    h = Harness(f"http://127.0.0.1:{port}/api", timeout_s=20)
+    h.solver.breaker.cooldown = 0.5
+    for n in range(2):
+        h.solver.submit(captured_from(manifest_dir, "whirl", n))
+    finals = await h.settle(2, limit=15)
+    assert [f["reason"] for f in finals] == ["api_error", "api_error"]
+    assert h.solver.breaker.is_open(h.solver.clock())
+    h.solver.submit(captured_from(manifest_dir, "slide", 0))
+    assert h.finals()[-1]["message"].startswith("omocaptcha is unreachable")
+    with FakeOmocaptcha(keys=(KEY,), manifests=(str(manifest_dir[0]),), port=port):
+        await asyncio.sleep(0.6)
+        h.solver.submit(captured_from(manifest_dir, "slide", 1))
+        finals = await h.settle(4)
+        assert finals[-1]["event"] == "solved"
+    await h.solver.shutdown()
+
+
+async def test_jobs_in_flight_are_bounded_and_overflow_fails_as_overloaded(
+    fake: FakeOmocaptcha, manifest_dir: Any
+) -> None:
+    fake.control(solve_seconds=0.3)
+    h = Harness(fake.base_url, max_jobs=2, max_waiting=3)
+    for n in range(8):
+        h.solver.submit(captured_from(manifest_dir, "whirl", n % 2, client=f"c{n}", suffix=f"-{n}"))
+    assert h.solver.in_flight == 5
+    finals = await h.settle(8)
+    assert [f.get("reason", "solved") for f in finals[:3]] == ["overloaded"] * 3
+    assert [f["event"] for f in finals[3:]] == ["solved"] * 5
+    assert fake.stats()["jobs"]["created"] == 5
+    assert fake.stats()["jobs"]["running"] == 0
+    await h.solver.shutdown()
+
+
+async def test_shutdown_fails_everything_in_flight(fake: FakeOmocaptcha, manifest_dir: Any) -> None:
+    fake.control(solve_seconds=30)
+    h = Harness(fake.base_url, timeout_s=60)
+    for n in range(3):
+        h.solver.submit(captured_from(manifest_dir, "whirl", n % 2, client=f"c{n}", suffix=f"-{n}"))
+    await asyncio.sleep(0.2)
+    await h.solver.shutdown()
+    assert sorted(f["reason"] for f in h.finals()) == ["shutdown"] * 3
+    assert h.solver.in_flight == 0
