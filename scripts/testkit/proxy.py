@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -211,7 +212,8 @@ class MitmdumpProcess:
 
     def _spawn_and_wait(self) -> tuple[bool, str]:
         self._log_file = open(self.log_path, "ab")  # noqa: SIM115 (closed in _close_log)
-        self._log_file.write(f"--- testkit: {' '.join(self.command())}\n".encode())
+        shown = [re.sub(r"^((?:\w*key|\w*token)=).+$", r"\1***", arg) for arg in self.command()]
+        self._log_file.write(f"--- testkit: {' '.join(shown)}\n".encode())
         self._log_file.flush()
         log_start = self._log_file.tell()
         self._proc = subprocess.Popen(
