@@ -29,7 +29,6 @@ pytestmark = pytest.mark.timeout(240)
 def kit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, dict[str, Any], Path]]:
     d = tmp_path_factory.mktemp("challenges")
     generate(d, seed=2026, count=DEVICES * PER_DEVICE)
-    manifest = json.loads((d / "manifest.json").read_text())
     with OriginServer(d) as origin:
         yield origin, origin.app.challenges, d
 

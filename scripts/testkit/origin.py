@@ -113,10 +113,10 @@ class Origin:
             return False
         if c["mode"] == "slide":
             natural = c["images"]["background"]["width"]
-            return abs(x * natural / width - c["gap_x"]) <= SLIDE_TOLERANCE_PX
+            return bool(abs(x * natural / width - c["gap_x"]) <= SLIDE_TOLERANCE_PX)
         if c["mode"] == "whirl":
             diff = abs(x * 360.0 / self.travel - c["angle"]) % 360
-            return min(diff, 360 - diff) <= WHIRL_TOLERANCE_DEG
+            return bool(min(diff, 360 - diff) <= WHIRL_TOLERANCE_DEG)
         return False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

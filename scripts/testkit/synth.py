@@ -172,7 +172,7 @@ class _Writer:
         data = buf.getvalue()
         file = f"{name}.{'png' if fmt == 'png' else 'jpg'}"
         (self.out_dir / file).write_bytes(data)
-        token = "%032x" % self.rng.getrandbits(128)
+        token = f"{self.rng.getrandbits(128):032x}"
         return ImageEntry(file, image_path(style, token, kind, n, fmt), hashlib.sha256(data).hexdigest(),
                           img.width, img.height, fmt)
 
@@ -186,7 +186,7 @@ def generate(out_dir: Path, seed: int, count: int) -> Manifest:
     manifest = Manifest(seed=seed)
 
     def new_id() -> str:
-        return "%040x" % rng.getrandbits(160)
+        return f"{rng.getrandbits(160):040x}"
 
     for i in range(count):
         cid, variant, style = new_id(), ("png", "jpeg")[i % 2], _STYLES[i % len(_STYLES)]
