@@ -70,9 +70,14 @@ class _Pending:
 
 @dataclass(slots=True)
 class _KeyEntry:
-    challenge_id: str | None
-    role: Role | None
+    owners: dict[str, tuple[str | None, Role | None]]
+    """Client → (challenge, role) for every get that announced this path, newest last."""
     forget_at: float
+
+    def lookup(self, client: str) -> tuple[str | None, Role | None]:
+        # The fetching client's own challenge first; a client key that differs between get and image (a
+        # missing device header, say) still finds the newest announcement.
+        return self.owners.get(client) or next(reversed(self.owners.values()))
 
 
 def make_part(role: Role, url: str, body: bytes, info: ImageInfo) -> ImagePart:
@@ -122,7 +127,7 @@ class Assembler:
                 continue
             if ch.kind is None:
                 for key in keys:
-                    self._remember_key(key, None, None, now + self.window)
+                    self._remember_key(key, client, None, None, now + self.window)
                 continue
             needs = {Role.OUTER, Role.INNER} if ch.kind is Kind.ROTATE else {Role.BACKGROUND}
             optional = {Role.PIECE} if ch.kind is Kind.SLIDE and Role.PIECE in ch.urls else set()
@@ -135,7 +140,7 @@ class Assembler:
             self._by_client.setdefault(client, {})[ch.id] = pending
             for role, urls in ch.urls.items():
                 for u in urls:
-                    self._remember_key(url_key(u), ch.id, role, now + 2 * self.window)
+                    self._remember_key(url_key(u), client, ch.id, role, now + 2 * self.window)
             for role, body in ch.inline.items():
                 try:
                     pending.images[role] = make_part(role, f"inline:{ch.id}#{role}", body, probe(body))
@@ -147,16 +152,19 @@ class Assembler:
         out.extend(self._enforce_cap())
         return out
 
-    def role_of(self, key: str) -> Role | None:
+    def role_of(self, key: str, client: str) -> Role | None:
         entry = self._keys.get(key)
-        return entry.role if entry else None
+        return entry.lookup(client)[1] if entry else None
 
-    def add_announced_image(self, key: str, part: ImagePart, now: float) -> list[Outcome]:
+    def add_announced_image(self, key: str, client: str, part: ImagePart, now: float) -> list[Outcome]:
         """An image whose path a get announced; duplicates and parts of finished challenges are ignored."""
         entry = self._keys.get(key)
-        if entry is None or entry.challenge_id is None:
+        if entry is None:
             return []
-        pending = self._pending.get(entry.challenge_id)
+        challenge_id = entry.lookup(client)[0]
+        if challenge_id is None:
+            return []
+        pending = self._pending.get(challenge_id)
         if pending is None or part.role in pending.images:
             return []
         pending.images[part.role] = part
@@ -231,8 +239,15 @@ class Assembler:
         self._loose.clear()
         return out
 
-    def _remember_key(self, key: str, challenge_id: str | None, role: Role | None, forget_at: float) -> None:
-        self._keys[key] = _KeyEntry(challenge_id, role, forget_at)
+    def _remember_key(
+        self, key: str, client: str, challenge_id: str | None, role: Role | None, forget_at: float
+    ) -> None:
+        entry = self._keys.get(key)
+        if entry is None:
+            entry = self._keys[key] = _KeyEntry({}, forget_at)
+        entry.owners.pop(client, None)
+        entry.owners[client] = (challenge_id, role)
+        entry.forget_at = max(entry.forget_at, forget_at)
         self._key_order[key] = None
         self._key_order.move_to_end(key)
 

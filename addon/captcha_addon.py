@@ -28,6 +28,8 @@ from addon.sidecar import SidecarWriter
 from addon.solve import Solver, SolverConfig
 
 logger = logging.getLogger("captcha")
+# httpx logs every request at INFO; on the proxy's console that would be a line per result poll.
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 MAX_IMAGE_BODY = 8 * 1024 * 1024
 MAX_JSON_BODY = recognise.MAX_JSON_BODY
@@ -295,12 +297,13 @@ class CaptchaCapture:
             return
         now = self.clock()
         if announced:
-            role = self.assembler.role_of(key)
+            client = self.keyer.key(flow)
+            role = self.assembler.role_of(key, client)
             if role is None:
                 return
             part = make_part(role, flow.request.pretty_url, body, info)
             self._comment(flow, f"captcha {role} ({info.width}x{info.height} {info.format})")
-            self._handle(self.assembler.add_announced_image(key, part, now), flow)
+            self._handle(self.assembler.add_announced_image(key, client, part, now), flow)
             return
         geometry_role = images.role_by_geometry(info)
         if geometry_role is None:

@@ -44,8 +44,9 @@ def decode(edata: str) -> Any:
     plain = decrypt(edata)
     try:
         return json.loads(plain)
-    except (UnicodeDecodeError, ValueError) as e:
-        raise EdataError("edata plaintext is not JSON") from e
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        # RecursionError: nesting deeper than the interpreter's limit, e.g. `[[[[...`.
+        raise EdataError("edata plaintext is not JSON") from None
 
 
 def unwrap(body: Any) -> Any:

@@ -141,13 +141,24 @@ def role_by_geometry(info: ImageInfo) -> Role | None:
     return None
 
 
+_FORMATS = ("PNG", "JPEG", "WEBP", "GIF")
+
+
 def decode(body: bytes) -> Image.Image:
     """Decodes the whole image (after `probe` accepted its size); raises BadImage for truncated or corrupt data."""
     try:
-        with Image.open(io.BytesIO(body)) as img:
+        with Image.open(io.BytesIO(body), formats=_FORMATS) as img:
+            # Pillow's idea of the size can differ from probe's (a later JPEG SOF, a GIF frame larger than its
+            # screen), so the ceiling is checked again before any pixel memory is allocated.
+            if img.width * img.height > MAX_PIXELS:
+                raise BadImage(f"image decodes to {img.width}x{img.height}, too large to be a captcha")
             img.load()
             return img.copy()
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+    except BadImage:
+        raise
+    except Exception as e:
+        # Hostile bytes make Pillow's decoders raise more than OSError/ValueError (struct.error, EOFError,
+        # IndexError, MemoryError, ...); every one of them means the same thing here.
         raise BadImage(f"image does not decode: {type(e).__name__}") from None
 
 
@@ -158,7 +169,10 @@ def has_open_centre(body: bytes) -> bool:
     r = min(w, h) * 0.22
     cx, cy = w / 2, h / 2
     samples = [(cx + dx * r, cy + dy * r) for dx in (-1, -0.5, 0, 0.5, 1) for dy in (-1, -0.5, 0, 0.5, 1)]
-    rgba = img.convert("RGBA")
+    try:
+        rgba = img.convert("RGBA")
+    except (OSError, ValueError) as e:
+        raise BadImage(f"image mode {img.mode} does not convert to RGBA: {type(e).__name__}") from None
     open_points = 0
     for x, y in samples:
         red, green, blue, alpha = rgba.getpixel((int(x), int(y)))  # type: ignore[misc]

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import itertools
 import json
+import math
 import re
 import urllib.parse
 from dataclasses import dataclass, field
@@ -16,6 +18,12 @@ from addon.images import Role
 
 MAX_JSON_BODY = 2 * 1024 * 1024
 MAX_INLINE_IMAGE = 4 * 1024 * 1024
+MAX_CHALLENGES = 16
+"""Challenges taken from one get response; real ones list one to three."""
+MAX_URLS = 8
+"""URLs kept per image (the primary and its backups); real responses give one or two."""
+MAX_URL_CHARS = 4096
+"""Longer URLs are left out: real image URLs are under 200 characters."""
 
 
 class Kind(StrEnum):
@@ -65,7 +73,10 @@ class VerifyRequest:
 
 
 def url_key(url: str) -> str:
-    """An image's identity: the same image is served from several hosts, so only the path counts."""
+    """An image's identity: the same image is served from several hosts, so only the path counts.
+
+    Raises ValueError for what urlsplit refuses; `parse_get` leaves such URLs out.
+    """
     path = urllib.parse.urlsplit(url).path
     return path or "/"
 
@@ -75,7 +86,8 @@ def load_json(body: bytes) -> Any:
         raise NotRecognised(f"body too large ({len(body)} bytes)")
     try:
         return json.loads(body)
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        # RecursionError: nesting deeper than the interpreter's limit, e.g. `[[[[...`.
         raise NotRecognised("body is not JSON") from None
 
 
@@ -87,7 +99,7 @@ def _unwrap(obj: Any) -> Any:
 
 
 def parse_get(body: bytes) -> list[AnnouncedChallenge]:
-    """All challenges of a `/captcha/get` response (shape A, B or C); raises NotRecognised."""
+    """The challenges of a `/captcha/get` response (shape A, B or C), at most MAX_CHALLENGES; raises NotRecognised."""
     doc = _unwrap(load_json(body))
     if not isinstance(doc, dict):
         raise NotRecognised("get body is not a JSON object")
@@ -104,30 +116,58 @@ def parse_get(body: bytes) -> list[AnnouncedChallenge]:
         items = [data]
     else:
         raise NotRecognised("get body has neither data.question nor data.challenges")
-    out = [c for c in (_challenge(item, verify_id) for item in items) if c is not None]
+    usable = (c for c in (_challenge(item, verify_id) for item in items) if c is not None)
+    out = list(itertools.islice(usable, MAX_CHALLENGES))
     if not out:
         raise NotRecognised("get body lists no usable challenge")
     return out
 
 
+def _is_text(value: str) -> bool:
+    """False for strings JSON can carry but UTF-8 cannot (lone surrogates such as "\\ud800")."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _str(value: Any) -> str | None:
+    """A non-empty identifier: a string (that later steps can write as UTF-8) or an integer."""
     if isinstance(value, str) and value:
-        return value
+        return value if _is_text(value) else None
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     return None
 
 
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
 def _urls(question: dict[str, Any], n: int) -> tuple[str, ...]:
-    urls: list[str] = []
-    primary = question.get(f"url{n}")
-    if isinstance(primary, str) and primary:
-        urls.append(primary)
+    candidates: list[Any] = [question.get(f"url{n}")]
     backups = question.get(f"backup_url{n}")
     if isinstance(backups, str):
-        backups = [backups]
-    if isinstance(backups, list):
-        urls.extend(u for u in backups if isinstance(u, str) and u and u not in urls)
+        candidates.append(backups)
+    elif isinstance(backups, list):
+        candidates.extend(backups[: 8 * MAX_URLS])
+    urls: dict[str, None] = {}
+    for u in candidates:
+        if isinstance(u, str) and 0 < len(u) <= MAX_URL_CHARS and u not in urls and _is_text(u):
+            try:
+                url_key(u)
+            except ValueError:
+                continue  # urlsplit refuses it ("https://[x/"): no request can match it, and the assembler keys by it
+            urls[u] = None
+            if len(urls) >= MAX_URLS:
+                break
     return tuple(urls)
 
 
@@ -155,12 +195,11 @@ def _challenge(item: dict[str, Any], verify_id: str | None) -> AnnouncedChalleng
     if challenge_id is None or not isinstance(question, dict):
         return None
     mode = item.get("mode")
-    if not isinstance(mode, str) or not mode:
+    if not isinstance(mode, str) or not mode or not _is_text(mode):
         code = item.get("challenge_code")
         mode = CHALLENGE_CODE_MODES.get(code, "unknown") if isinstance(code, int) else "unknown"
     mode = mode.lower()
     kind = MODE_KINDS.get(mode)
-    tip_y = question.get("tip_y")
     urls: dict[Role, tuple[str, ...]] = {}
     inline: dict[Role, bytes] = {}
     roles = URL_ROLES[kind] if kind else (Role.BACKGROUND, None)
@@ -178,7 +217,7 @@ def _challenge(item: dict[str, Any], verify_id: str | None) -> AnnouncedChalleng
         kind=kind,
         urls=urls,
         inline=inline,
-        tip_y=float(tip_y) if isinstance(tip_y, int | float) and not isinstance(tip_y, bool) else None,
+        tip_y=_number(question.get("tip_y")),
         verify_id=_str(item.get("verify_id")) or verify_id,
     )
 
@@ -205,7 +244,7 @@ def parse_verify_request(body: bytes) -> VerifyRequest:
     if not isinstance(doc, dict):
         return VerifyRequest(None, None)
     mode = doc.get("mode")
-    return VerifyRequest(_str(doc.get("id")), mode if isinstance(mode, str) else None)
+    return VerifyRequest(_str(doc.get("id")), _str(mode) if isinstance(mode, str) else None)
 
 
 def parse_verify_response(body: bytes) -> bool:
@@ -216,8 +255,9 @@ def parse_verify_response(body: bytes) -> bool:
     if isinstance(doc.get("data"), dict) and "code" not in doc and "code" in doc["data"]:
         doc = doc["data"]
     code = doc.get("code")
-    if isinstance(code, str) and code.isdigit():
-        code = int(code)
+    if isinstance(code, str) and code.isascii() and code.isdigit():
+        # Compared as text: int() refuses some isdigit() strings ("²") and any over 4300 digits.
+        return code.lstrip("0") == "200"
     if isinstance(code, int) and not isinstance(code, bool):
         return code == 200
     sub = doc.get("msg_sub_code")

@@ -34,9 +34,11 @@ def announce(cid: str, kind: Kind, mode: str | None = None) -> AnnouncedChalleng
     )
 
 
-def feed(a: Assembler, ch: AnnouncedChallenge, role: Role, now: float, backup: bool = False) -> list[Outcome]:
+def feed(
+    a: Assembler, ch: AnnouncedChallenge, role: Role, now: float, backup: bool = False, client: str = "dev1"
+) -> list[Outcome]:
     url = ch.urls[role][1 if backup else 0]
-    return a.add_announced_image(url_key(url), part(role, url, ch.id), now)
+    return a.add_announced_image(url_key(url), client, part(role, url, ch.id), now)
 
 
 def test_whirl_from_get_in_either_order_with_duplicates_and_backup_host() -> None:
@@ -104,7 +106,7 @@ def test_3d_in_a_list_is_ignored_and_sibling_dropped_on_capture() -> None:
     three_d = AnnouncedChallenge(id="d", mode="3d", kind=None, urls={Role.BACKGROUND: (f"{CDN}/tos/3d.png",)})
     slide = announce("s", Kind.SLIDE)
     a.announce("dev1", [whirl, three_d, slide], 0.0)
-    assert a.add_announced_image(url_key(f"{CDN}/tos/3d.png"), part(Role.BACKGROUND, "x", "3d"), 0.1) == []
+    assert a.add_announced_image(url_key(f"{CDN}/tos/3d.png"), "dev1", part(Role.BACKGROUND, "x", "3d"), 0.1) == []
     feed(a, whirl, Role.OUTER, 0.2)
     [c] = feed(a, whirl, Role.INNER, 0.3)
     assert isinstance(c, Captured)
@@ -204,7 +206,7 @@ def test_random_interleavings_of_many_clients_pair_correctly(fleet: tuple[list[P
             out += a.announce(p.client, [announced[p.cid]], now)
         elif p.via_get:
             assert role is not None
-            out += feed(a, announced[p.cid], role, now, backup=p.backup)
+            out += feed(a, announced[p.cid], role, now, backup=p.backup, client=p.client)
         else:
             assert role is not None
             out += a.add_geometry_image(p.client, part(role, f"geo/{p.cid}/{role}", p.cid), now)
@@ -230,3 +232,17 @@ def test_random_interleavings_of_many_clients_pair_correctly(fleet: tuple[list[P
             assert img.sha256 == hashlib.sha256(f"{plan.cid}:{role}".encode()).hexdigest()
         expected = {Role.OUTER, Role.INNER} if plan.kind is Kind.ROTATE else {Role.BACKGROUND, Role.PIECE}
         assert set(c.images) == expected
+
+
+def test_the_same_image_path_announced_to_two_clients_stays_with_each() -> None:
+    a = Assembler(window=30)
+    first, second = announce("c-a", Kind.ROTATE), announce("c-b", Kind.ROTATE)
+    second = AnnouncedChallenge(id="c-b", mode="whirl", kind=Kind.ROTATE, urls=first.urls)
+    a.announce("dev1", [first], 0.0)
+    a.announce("dev2", [second], 0.1)
+    assert feed(a, first, Role.OUTER, 0.2, client="dev1") == []
+    assert feed(a, first, Role.OUTER, 0.3, client="dev2") == []
+    [c1] = feed(a, first, Role.INNER, 0.4, client="dev1")
+    [c2] = feed(a, first, Role.INNER, 0.5, client="dev2")
+    assert isinstance(c1, Captured) and isinstance(c2, Captured)
+    assert (c1.challenge_id, c1.client, c2.challenge_id, c2.client) == ("c-a", "dev1", "c-b", "dev2")

@@ -234,6 +234,7 @@ async def serve(app: Origin, http_sock: socket.socket, https_sock: socket.socket
     config.accesslog = None
     config.graceful_timeout = 1.0
     config.keep_alive_timeout = 30
+    config.keep_alive_max_requests = 1_000_000  # hypercorn's default (1000) ends h2 connections mid-load
     await hypercorn_serve(cast(Any, app), config, shutdown_trigger=stopping.wait, mode="asgi")
 
 
