@@ -109,6 +109,7 @@ async def test_whirl_from_get_is_captured_with_roles_and_flows_untouched(
     assert ev["client"] == "10.0.0.2" and ev["source"] == "get" and ev["seq"] == 1
     assert ev["images"]["outer"]["width"] == 347 and ev["images"]["inner"]["format"] == "png"
     assert ev["images"]["inner"]["url"].startswith("https://p19-")
+    assert img1.marked and "outer" in img1.comment and "whirl " + "c" * 40 in get.comment
     assert stat.S_IMODE(os.stat(sidecar).st_mode) == 0o600
     assert "captured rotate" in caplog.text
 
@@ -240,3 +241,16 @@ def test_sidecar_off(tmp_path: Path) -> None:
     with taddons.context(*addons) as tctx:
         tctx.configure(events_addon, captcha_sidecar="")
         assert events_addon.sidecar is None
+
+
+async def test_proxyauth_client_key(addon_env: Any) -> None:
+    tctx, capture, sidecar = addon_env
+    tctx.configure(capture, captcha_client_key="proxyauth")
+    u1, u2 = f"https://{CDN}/tos/po.png", f"https://{CDN}/tos/pi.png"
+    flows = [make_flow("verification-va.tiktok.com", "/captcha/get", get_body("p1", "whirl", u1, u2)),
+             make_flow(CDN, "/tos/po.png", png((347, 347), hole=True)), make_flow(CDN, "/tos/pi.png", png((211, 211)))]
+    for f in flows:
+        f.metadata["proxyauth"] = ("phone-3", "pw")
+        await capture.response(f)
+    [ev] = events(sidecar)
+    assert ev["client"] == "phone-3"

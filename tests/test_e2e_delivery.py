@@ -144,3 +144,25 @@ async def test_drag_conversion_passes_the_sites_verify(kit: Any, tmp_path: Path)
             assert "drag" not in r.json()
 
 
+
+
+async def test_example_client_prints_the_drag_for_its_device(kit: Any, tmp_path: Path) -> None:
+    import sys
+
+    origin, truth, d = kit
+    with FakeOmocaptcha(keys=(KEY,), manifests=(str(d),), solve_seconds=0.2) as fake, proxy(
+        origin, tmp_path, omocaptcha_key=KEY, omocaptcha_url=fake.base_url, captcha_poll_ms=50,
+    ) as p:
+        example = await asyncio.create_subprocess_exec(
+            sys.executable, "scripts/example_client.py", "--proxy", p.proxy_url, "--client", "127.0.0.50",
+            "--width", "340", "--once", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        await asyncio.sleep(1.5)
+        async with Device("127.0.0.50", p.proxy_url, p.ca_path) as dev:
+            ch = await dev.get_challenge("slide")
+            await dev.fetch_images(ch)
+        out, err = await asyncio.wait_for(example.communicate(), 30)
+    assert example.returncode == 0, err
+    line = out.decode().strip()
+    assert line.startswith(f"127.0.0.50 slide {ch.id}: drag the slider ") and "px on a 340-px puzzle" in line
+    x = float(line.split("drag the slider ")[1].split()[0])
+    assert abs(x * 552 / 340 - truth[ch.id]["gap_x"]) <= 1.5

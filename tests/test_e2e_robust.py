@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 from e2e_kit import KEY, proxy, read_events
-from scripts.testkit.origin import OriginServer
-from scripts.testkit.synth import generate
 
 from scripts.fake_omocaptcha import FakeOmocaptcha
 from scripts.testkit.device import Device
+from scripts.testkit.origin import OriginServer
+from scripts.testkit.synth import generate
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -175,3 +175,16 @@ async def test_the_key_never_appears_in_any_output(origin: Any, challenges: Any,
             assert all("challenge" in part for part in r["body"]["data"]["image_base64"])
         else:
             assert set(r["body"]) <= {"api_token", "job_id"}
+
+
+async def test_full_disk_keeps_the_proxy_and_the_api_working(origin: Any, tmp_path: Path) -> None:
+    with proxy(origin, tmp_path, captcha_sidecar="/dev/full") as p:
+        async with Device("127.0.0.90", p.proxy_url, p.ca_path) as dev:
+            for mode in ("whirl", "slide", "whirl"):
+                images = await dev.fetch_images(await dev.get_challenge(mode))
+                assert images
+            stats = (await dev.api("/v1/stats")).json()
+            events = (await dev.api("/v1/events")).json()["events"]
+        log_text = p.log_text()
+    assert stats["captured"] == 3 and len(events) == 3
+    assert log_text.count("cannot be written") == 1 and "No space left on device" in log_text
