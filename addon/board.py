@@ -20,6 +20,8 @@ class _ClientBoard:
     newest_captured: str | None = None
     finals_by_challenge: dict[str, Event] = field(default_factory=dict)
     waiters: set[asyncio.Future[None]] = field(default_factory=set)
+    counts: Counter[str] = field(default_factory=Counter)
+    failed_reasons: Counter[str] = field(default_factory=Counter)
 
 
 class Board:
@@ -46,9 +48,12 @@ class Board:
         self.counts[name] += 1
         if name == "failed":
             self.failed_reasons[event["reason"]] += 1
+        board = self._client(event["client"])
+        board.counts[name] += 1
+        if name == "failed":
+            board.failed_reasons[event["reason"]] += 1
         if name != "captured" and name not in FINAL:
             return
-        board = self._client(event["client"])
         if name == "captured":
             board.newest_captured = event["challenge"]
         else:
@@ -57,6 +62,10 @@ class Board:
             if len(board.finals_by_challenge) > MAX_FINALS_PER_CLIENT:
                 del board.finals_by_challenge[next(iter(board.finals_by_challenge))]
         _wake(board)
+
+    def client_counts(self, client: str) -> tuple[Counter[str], Counter[str]]:
+        board = self._clients.get(client)
+        return (board.counts, board.failed_reasons) if board else (Counter(), Counter())
 
     def latest_final(self, client: str) -> Event | None:
         board = self._clients.get(client)

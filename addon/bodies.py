@@ -21,7 +21,8 @@ def bounded_content(message: http.Message, limit: int) -> bytes:
     """The decoded body, or BodyTooLarge when it (or what it inflates to) is over `limit` bytes.
 
     Raises ValueError when the body is not valid for its Content-Encoding or the encoding is not one of identity,
-    gzip, deflate, br and zstd. Every decoder stops at `limit` + 1 bytes of output, so a bomb costs only that much.
+    gzip, deflate, br and zstd. Every decoder stops once it has produced more than `limit` bytes (br within a
+    factor of two of it), so a bomb costs about that much and no more.
     """
     raw = message.raw_content
     if raw is None:

@@ -105,6 +105,9 @@ class Solver:
     def waiting(self) -> int:
         return sum(1 for job in self._jobs.values() if not job.running)
 
+    def in_flight_of(self, client: str) -> int:
+        return sum(1 for job in self._jobs.values() if job.captured.client == client)
+
     def configure(self, config: SolverConfig) -> None:
         old = self.config
         self.config = config

@@ -144,7 +144,7 @@ class CaptchaApi:
                 return 400, {"error": "limit must be a non-negative integer"}
             return 200, {"events": self.board.newest(limit, query.get("client"))}
         if path == "/v1/stats":
-            return 200, self._stats()
+            return 200, self._stats(query.get("client"))
         if path == "/":
             return 200, {"endpoints": ["/v1/answer", "/v1/answer/wait", "/v1/events", "/v1/stats"]}
         return 404, {"error": "not found"}
@@ -167,7 +167,15 @@ class CaptchaApi:
                 return 204, None
             await self.board.wait_change(client, remaining)
 
-    def _stats(self) -> dict[str, Any]:
+    def _stats(self, client: str | None) -> dict[str, Any]:
+        """Counters of the whole proxy, or of one client with ?client=K (then without the job counters)."""
+        if client is not None:
+            counts, reasons = self.board.client_counts(client)
+            return {
+                "client": client, "captured": counts["captured"], "solved": counts["solved"],
+                "failed": dict(reasons), "expired": counts["expired"], "verified": counts["verified"],
+                "in_flight": self.solver.in_flight_of(client),
+            }
         counts = self.board.counts
         return {
             "captured": counts["captured"],

@@ -72,6 +72,9 @@ async def test_device_and_fleet_views(kit: Any, tmp_path: Path) -> None:
             assert {e["client"] for e in events} == {dev.ip}
             assert [e["seq"] for e in events] == sorted((e["seq"] for e in events), reverse=True)
         assert (await controller.api("/v1/answer")).status_code == 404
+        mine = (await controller.api("/v1/stats", client=devices[3].ip)).json()
+        assert mine == {"client": devices[3].ip, "captured": 2, "solved": 2, "failed": {}, "expired": 0,
+                        "verified": 0, "in_flight": 0}
         stats = (await controller.api("/v1/stats")).json()
         assert stats["captured"] == stats["solved"] == 42 and stats["in_flight"] == 0
         assert stats["jobs_sent"] == 42
