@@ -15,6 +15,8 @@ class ClientKeyer:
             value: str | None = flow.request.headers.get(self.header)
             conn = flow.client_conn.id
             if value:
+                # mitmproxy keeps undecodable header bytes as surrogates, which no UTF-8 output could carry.
+                value = value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
                 self._by_connection[conn] = value
                 return value
             # Image fetches often lack the device header; the connection that carried it still names the device.

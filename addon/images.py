@@ -9,7 +9,7 @@ from enum import StrEnum
 
 from PIL import Image
 
-MAX_PIXELS = 16_000_000
+MAX_PIXELS = 4_000_000
 """Larger images are refused before anything is decoded: captcha parts are at most 552x344."""
 
 

@@ -18,7 +18,8 @@ MAX_BACKLOG = 50_000
 
 
 def encode(event: Event) -> bytes:
-    return (json.dumps(event, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+    # A lone surrogate can only sit inside a JSON string, where backslashreplace turns it into a valid \\u escape.
+    return (json.dumps(event, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8", "backslashreplace")
 
 
 class SidecarWriter:

@@ -103,7 +103,9 @@ class Solver:
 
     @property
     def waiting(self) -> int:
-        return sum(1 for job in self._jobs.values() if not job.running)
+        """Challenges beyond the job slots: what captcha_max_waiting bounds."""
+        slots = self.config.max_jobs if self.config else 0
+        return max(0, len(self._jobs) - slots)
 
     def in_flight_of(self, client: str) -> int:
         return sum(1 for job in self._jobs.values() if job.captured.client == client)

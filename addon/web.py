@@ -112,7 +112,7 @@ class CaptchaApi:
             logger.exception("captcha: API request %s failed", flow.request.path[:100])
             status, body = 500, {"error": f"internal error: {type(e).__name__}"}
         headers = {"Content-Type": "application/json", "Cache-Control": "no-store"}
-        content = b"" if body is None else json.dumps(body, ensure_ascii=False).encode()
+        content = b"" if body is None else json.dumps(body, ensure_ascii=False).encode("utf-8", "backslashreplace")
         flow.response = http.Response.make(status, content, headers)
         flow.response.http_version = flow.request.http_version
 
