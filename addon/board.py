@@ -9,9 +9,11 @@ from dataclasses import dataclass, field
 
 from addon.events import FINAL, Event
 
-MAX_EVENTS = 10_000
-MAX_FINALS_PER_CLIENT = 1_000
-MAX_CLIENTS = 10_000
+MAX_EVENTS = 5_000
+"""Events of all clients kept for /v1/events (a captured event with its images is about 2 KB)."""
+MAX_FINALS_PER_CLIENT = 64
+"""Each client's newest answers, for /v1/answer and walking them with ?after=SEQ."""
+MAX_CLIENTS = 4_096
 
 
 @dataclass(slots=True)

@@ -21,6 +21,7 @@ from addon.board import Board
 from addon.bodies import BodyTooLarge, bounded_content
 from addon.clients import ClientKeyer, parse_spec
 from addon.events import FINAL, Event, EventLog
+from addon.hosts import host_of
 from addon.omocaptcha import DEFAULT_URL
 from addon.ratelimit import RateLimitedLog
 from addon.recognise import Kind, NotRecognised
@@ -247,20 +248,17 @@ class CaptchaCapture:
         key = request.path.partition("?")[0]
         m = self.matchers
         announced = self.assembler.is_announced(key)
-        if announced or (m.image(flow) if m.image else recognise.CAPTCHA_CDN_HOST.match(request.pretty_host)):
+        host = host_of(request)
+        if announced or (m.image(flow) if m.image else recognise.CAPTCHA_CDN_HOST.match(host)):
             if response.status_code == 200:
                 await self._on_image(flow, response, key, announced)
             return
-        if m.get(flow) if m.get else (key.endswith("/captcha/get") and self._verification_host(flow)):
+        if m.get(flow) if m.get else (key.endswith("/captcha/get") and _verification_host(host)):
             if response.status_code == 200:
                 self._on_get(flow, response)
             return
-        if m.verify(flow) if m.verify else (key.endswith("/captcha/verify") and self._verification_host(flow)):
+        if m.verify(flow) if m.verify else (key.endswith("/captcha/verify") and _verification_host(host)):
             self._on_verify(flow, response)
-
-    @staticmethod
-    def _verification_host(flow: http.HTTPFlow) -> bool:
-        return recognise.VERIFICATION_HOST.search(flow.request.pretty_host) is not None
 
     def _body(self, flow: http.HTTPFlow, message: http.Message, limit: int, what: str) -> bytes | None:
         try:
@@ -396,6 +394,10 @@ class CaptchaCapture:
         if self._ticker is not None:
             self._ticker.cancel()
         self._handle(self.assembler.flush(), None)
+
+
+def _verification_host(host: str) -> bool:
+    return recognise.VERIFICATION_HOST.search(host) is not None
 
 
 def _bump(table: OrderedDict[str, str], client: str, challenge: str) -> None:

@@ -129,7 +129,8 @@ class Solver:
         if self._http is None:
             self._http = httpx.AsyncClient(
                 timeout=httpx.Timeout(connect=5.0, read=20.0, write=20.0, pool=10.0),
-                limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
+                # A small pool: httpcore checks every idle connection each time it places a request.
+                limits=httpx.Limits(max_connections=16, max_keepalive_connections=8),
                 trust_env=False,
             )
         if self._client is None:

@@ -15,6 +15,7 @@ from mitmproxy.proxy import server_hooks
 
 from addon.board import Board
 from addon.events import Event
+from addon.hosts import host_of
 from addon.solve import Solver
 
 if TYPE_CHECKING:
@@ -104,7 +105,7 @@ class CaptchaApi:
             data.server.error = f"{self.host} is answered by the proxy itself"
 
     async def request(self, flow: http.HTTPFlow) -> None:
-        if flow.response is not None or not self._ours(flow.request.pretty_host):
+        if flow.response is not None or host_of(flow.request) != self.host:
             return
         try:
             status, body = await self._route(flow)

@@ -1,0 +1,95 @@
+"""Benchmark helper loaded into mitmdump with ``-s``: measures how long mitmproxy's event loop stalls.
+
+A task sleeps ``looplag_interval_ms`` (5 ms) in a loop and records by how much each sleep overshoots. Every
+quarter of a second (and at shutdown) it appends one JSON line to the file named by ``looplag_file``::
+
+    {"t": <unix time at the end of the window>, "max_ms": <largest overshoot in the window>,
+     "max_cpu_ms": <CPU time the event loop's thread used during that longest sleep>,
+     "mean_ms": <mean overshoot>, "n": <sleeps in the window>, "max_total_ms": <largest since start>}
+
+so a reader can take the worst stall within any stretch of wall time (the benchmark uses the stretch of its
+200-client run). ``max_cpu_ms`` tells the two kinds of stall apart: close to ``max_ms`` means code on the loop
+kept it busy; far below means the thread was not running (other processes had the CPU, or another thread of
+mitmdump held the GIL). At shutdown the largest overshoot since start is also logged (``looplag: max ... ms``).
+
+Loaded as a standalone script: it imports nothing from the project.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import time
+from typing import Any
+
+from mitmproxy import ctx
+
+logger = logging.getLogger(__name__)
+
+WINDOW_SECONDS = 0.25
+
+
+class LoopLag:
+    def __init__(self) -> None:
+        self.max_total = 0.0
+        self.window_max = 0.0
+        self.window_max_cpu = 0.0
+        self.window_sum = 0.0
+        self.window_n = 0
+        self._task: asyncio.Task[None] | None = None
+
+    def load(self, loader: Any) -> None:
+        loader.add_option("looplag_file", str, "", "Benchmark: JSON Lines file the event-loop lag goes to.")
+        loader.add_option("looplag_interval_ms", int, 5, "Benchmark: sleep of the lag probe, in ms.")
+
+    def running(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._probe())
+
+    async def _probe(self) -> None:
+        loop = asyncio.get_running_loop()
+        interval = max(1, ctx.options.looplag_interval_ms) / 1000
+        window_end = time.time() + WINDOW_SECONDS
+        while True:
+            start, cpu_start = loop.time(), time.thread_time()
+            await asyncio.sleep(interval)
+            lag = max(0.0, loop.time() - start - interval)
+            self.window_n += 1
+            self.window_sum += lag
+            if lag > self.window_max:
+                self.window_max = lag
+                self.window_max_cpu = time.thread_time() - cpu_start
+            self.max_total = max(self.max_total, lag)
+            if time.time() >= window_end:
+                self._flush()
+                window_end = time.time() + WINDOW_SECONDS
+
+    def _flush(self) -> None:
+        path = ctx.options.looplag_file
+        if path and self.window_n:
+            line = json.dumps({
+                "t": time.time(), "max_ms": self.window_max * 1000,
+                "max_cpu_ms": self.window_max_cpu * 1000,
+                "mean_ms": self.window_sum / self.window_n * 1000, "n": self.window_n,
+                "max_total_ms": self.max_total * 1000,
+            })
+            with contextlib.suppress(OSError):
+                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+                try:
+                    os.write(fd, (line + "\n").encode())
+                finally:
+                    os.close(fd)
+        self.window_max = self.window_max_cpu = self.window_sum = 0.0
+        self.window_n = 0
+
+    def done(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        self._flush()
+        logger.info(f"looplag: max {self.max_total * 1000:.1f} ms")
+
+
+addons = [LoopLag()]

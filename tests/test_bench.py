@@ -1,0 +1,40 @@
+"""The benchmark's quick run reports every figure, each a number (how fast is not asserted here)."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from scripts.bench import QUICK, SECTIONS, expected_keys
+
+ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def test_quick_run_reports_every_figure_as_a_number(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "scripts.bench", "--quick", "--markdown", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=170,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    figures = {f["key"]: f for f in result["figures"]}
+    assert sorted(figures) == sorted(expected_keys(QUICK, SECTIONS))
+    for key, figure in figures.items():
+        value = figure["value"]
+        assert isinstance(value, int | float) and not isinstance(value, bool), (key, value)
+        assert math.isfinite(value), (key, value)
+        assert figure["status"] in (("ok", "MISSED") if figure["goal"] else ("info",)), (key, figure["status"])
+    goals = {key for key, f in figures.items() if f["goal"]}
+    assert {"flowcost.plain.mean", "memory.growth", "looplag.max"} <= goals
+    assert result["settings"]["quick"] is True
+    # The Markdown table carries one row per figure.
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| ") and not line.startswith("| section")]
+    assert len(rows) == len(figures)
