@@ -144,6 +144,24 @@ def role_by_geometry(info: ImageInfo) -> Role | None:
 _FORMATS = ("PNG", "JPEG", "WEBP", "GIF")
 
 
+def check_complete(body: bytes, info: ImageInfo) -> None:
+    """Raises BadImage when the body stops before its format's end marker (a truncated download).
+
+    Much cheaper than decoding: it runs before every job, so a cut image fails without costing one.
+    """
+    tail = body[-64:]
+    if info.format == "png":
+        complete = b"IEND\xaeB`\x82" in tail
+    elif info.format == "jpeg":
+        complete = b"\xff\xd9" in tail
+    elif info.format == "gif":
+        complete = b"\x3b" in tail[-16:]
+    else:
+        complete = len(body) >= 8 + int.from_bytes(body[4:8], "little")
+    if not complete:
+        raise BadImage(f"{info.format} ends before its end marker (truncated)")
+
+
 def decode(body: bytes) -> Image.Image:
     """Decodes the whole image (after `probe` accepted its size); raises BadImage for truncated or corrupt data."""
     try:

@@ -127,10 +127,12 @@ class Solver:
     def _ensure_client(self) -> OmocaptchaClient:
         assert self.config is not None
         if self._http is None:
+            slots = self.config.max_jobs
             self._http = httpx.AsyncClient(
                 timeout=httpx.Timeout(connect=5.0, read=20.0, write=20.0, pool=10.0),
-                # A small pool: httpcore checks every idle connection each time it places a request.
-                limits=httpx.Limits(max_connections=16, max_keepalive_connections=8),
+                # A job has at most one request out, so one connection per job slot; few are kept idle because
+                # httpcore checks every idle connection each time it places a request.
+                limits=httpx.Limits(max_connections=slots, max_keepalive_connections=min(slots, 8)),
                 trust_env=False,
             )
         if self._client is None:
@@ -305,18 +307,18 @@ class Solver:
 
 
 def _job_payload(c: Captured, width_view: int) -> tuple[str, str, int | None]:
-    """Checks the images decode (a truncated body fails here, not at the service) and builds the job."""
+    """Checks the images are whole (a truncated body fails here, not at the service) and builds the job."""
     if c.kind is Kind.ROTATE:
         inner, outer = c.images.get(Role.INNER), c.images.get(Role.OUTER)
         if inner is None or outer is None:
             raise images.BadImage("rotate challenge without both inner and outer images")
-        images.decode(inner.body)
-        images.decode(outer.body)
+        images.check_complete(inner.body, inner.info)
+        images.check_complete(outer.body, outer.info)
         return TYPE_ROTATE_WEB, _b64(inner.body) + "|" + _b64(outer.body), None
     background = c.images.get(Role.BACKGROUND)
     if background is None:
         raise images.BadImage("slide challenge without its background image")
-    images.decode(background.body)
+    images.check_complete(background.body, background.info)
     return TYPE_SLIDE_WEB, _b64(background.body), width_view
 
 

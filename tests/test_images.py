@@ -76,3 +76,12 @@ def test_truncated_image_fails_decode_not_probe() -> None:
     assert info.width == 347
     with pytest.raises(BadImage):
         images.decode(body[: len(body) // 3])
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP", "GIF"])
+def test_complete_images_pass_and_cut_ones_fail_the_end_marker_check(fmt: str) -> None:
+    body = encode(Image.effect_noise((211, 211), 50).convert("RGB"), fmt)
+    info = images.probe(body)
+    images.check_complete(body, info)
+    with pytest.raises(BadImage, match="truncated"):
+        images.check_complete(body[: len(body) * 2 // 3], info)
