@@ -7,6 +7,6 @@ _root = str(Path(__file__).resolve().parent.parent)
 if _root not in sys.path:
     sys.path.insert(0, _root)
 
-from addon.wiring import Captcha, build_addons  # noqa: E402
+from addon.wiring import build_addons  # noqa: E402
 
-addons = [Captcha(build_addons())]
+addons = build_addons()

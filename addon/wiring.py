@@ -11,17 +11,6 @@ from addon.solve import Solver
 from addon.web import CaptchaApi
 
 
-class Captcha:
-    """The one addon mitmproxy sees; its children do the work.
-
-    mitmproxy pays a coroutine per top-level addon for every event of every flow, but walks an addon's
-    `addons` children within one: grouping keeps the cost on ordinary traffic down.
-    """
-
-    def __init__(self, children: list[Any]):
-        self.addons = children
-
-
 def build_addons() -> list[Any]:
     log = EventLog()
     board = Board()

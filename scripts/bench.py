@@ -43,8 +43,9 @@ and simulated devices (``scripts/testkit/device.py``). Challenges come from ``sc
    far below: it was not scheduled or waited for the GIL). A control runs the same devices' gets and images
    through mitmdump without the addon.
 
-Goals: from the brief (non-captcha flow < 20 µs, memory growth < 30 MB, loop stall < 50 ms) or chosen here
-(``goal_source: bench`` in the JSON: throughput ratio >= 0.95, latency ratios <= 1.10, every challenge solved,
+Goals: from the brief (throughput ratio >= 0.97, non-captcha flow < 20 µs, answer p99 beyond the service < 50 ms,
+memory growth < 30 MB, loop stall < 50 ms) or chosen here
+(``goal_source: bench`` in the JSON: latency ratios <= 1.10, every challenge solved,
 the addon's in-process state < 30 MB). ``info`` rows have none. ``--quick`` runs every section with small counts
 in under a minute; the full run takes about six minutes. The exit code is 1 when a figure could not be measured.
 """
@@ -631,7 +632,7 @@ def bench_overhead(s: Settings, report: Report, origin: ChildOrigin, work: Path)
             report.add(f"{key}.throughput_with", f"{label}: throughput with addon", w["throughput"], "req/s")
             report.add(f"{key}.throughput_without", f"{label}: throughput without addon", wo["throughput"], "req/s")
             report.add(f"{key}.throughput_ratio", f"{label}: throughput ratio with/without",
-                       pr["throughput_ratio"], "x", ">= 0.95", "bench")
+                       pr["throughput_ratio"], "x", ">= 0.97", "brief")
             for q in ("p50", "p99"):
                 report.add(f"{key}.{q}_with", f"{label}: {q} latency with addon", w[f"{q}_ms"], "ms")
                 report.add(f"{key}.{q}_without", f"{label}: {q} latency without addon", wo[f"{q}_ms"], "ms")
@@ -639,6 +640,11 @@ def bench_overhead(s: Settings, report: Report, origin: ChildOrigin, work: Path)
                            pr[f"{q}_ratio"], "x", "<= 1.10", "bench")
             report.add(f"{key}.proxy_cpu_delta", f"{label}: mitmdump CPU per request, with - without",
                        pr["proxy_cpu_delta_us"], "µs")
+            # Throughput on a shared 2-core machine swings by about 10% between rounds; the CPU each request
+            # costs the proxy is steadier, and the throughput it implies is what a CPU-bound proxy would reach.
+            cpu_ratio = wo["proxy_cpu_us_per_request"] / (wo["proxy_cpu_us_per_request"] + pr["proxy_cpu_delta_us"])
+            report.add(f"{key}.cpu_implied_ratio", f"{label}: throughput ratio implied by CPU per request",
+                       cpu_ratio, "x", ">= 0.97", "brief")
     finally:
         with_addon.stop()
         without.stop()
