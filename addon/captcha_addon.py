@@ -16,11 +16,11 @@ from typing import Any
 from mitmproxy import ctx, exceptions, flowfilter, hooks, http
 
 from addon import images, recognise
-from addon.assemble import Assembler, Captured, Expired, ImagePart, Outcome, make_part
+from addon.assemble import Assembler, Captured, Expired, Outcome, make_part
 from addon.board import Board
 from addon.bodies import BodyTooLarge, bounded_content
 from addon.clients import ClientKeyer, parse_spec
-from addon.events import FINAL, Event, EventLog
+from addon.events import Event, EventLog
 from addon.hosts import host_of
 from addon.omocaptcha import DEFAULT_URL
 from addon.ratelimit import RateLimitedLog
@@ -152,9 +152,8 @@ class _Matchers:
 class CaptchaCapture:
     """Recognises captcha traffic, assembles challenges per client, and hands captured ones to the solver."""
 
-    def __init__(self, log: EventLog, board: Board, solver: Solver, events: CaptchaEvents):
+    def __init__(self, log: EventLog, solver: Solver, events: CaptchaEvents):
         self.log = log
-        self.board = board
         self.solver = solver
         self.events = events
         self.assembler = Assembler()
@@ -420,5 +419,3 @@ def _looks_like_image(response: http.Response) -> bool:
 def answer_header(event: Event) -> str:
     return json.dumps(event, ensure_ascii=True, separators=(",", ":"))
 
-
-__all__ = ["FINAL", "CaptchaCapture", "CaptchaEvents", "CaptchaSolving", "ImagePart", "answer_header"]

@@ -211,5 +211,3 @@ def _float(text: str | None, default: float) -> float | None:
     value = _number(text)
     return value
 
-
-__all__ = ["CaptchaApi", "drag_for"]

@@ -16,6 +16,6 @@ def build_addons() -> list[Any]:
     board = Board()
     solver = Solver(log)
     events = CaptchaEvents(log, board)
-    capture = CaptchaCapture(log, board, solver, events)
+    capture = CaptchaCapture(log, solver, events)
     # Order matters at shutdown: capture and solving write their last events before the sidecar closes.
     return [CaptchaApi(board, solver, capture), capture, CaptchaSolving(solver), events]
