@@ -158,7 +158,7 @@ def expected_keys(s: Settings, sections: Sequence[str] = SECTIONS) -> list[str]:
         for kind in ("json", "50kB"):
             keys += [f"overhead.{kind}.{name}" for name in (
                 "throughput_with", "throughput_without", "throughput_ratio", "p50_with", "p50_without", "p50_ratio",
-                "p99_with", "p99_without", "p99_ratio", "proxy_cpu_delta")]
+                "p99_with", "p99_without", "p99_ratio", "proxy_cpu_delta", "cpu_implied_ratio")]
     if "flowcost" in sections:
         keys += [f"flowcost.{c}.{q}" for c in ("plain", "get", "image_first", "image_last") for q in ("mean", "p99")]
         keys.append("flowcost.dispatch_delta")
@@ -761,7 +761,7 @@ async def _flowcost(s: Settings, factory: FlowFactory, sidecar: Path) -> Json:
             await timed("image_last", last)
             if i % 50 == 49:
                 await asyncio.sleep(0)  # lets the addon's periodic tick run now and then, as it would
-        captured = capture.board.counts["captured"]
+        captured = capture.events.board.counts["captured"]
     out: Json = {"captured": captured, "image_bytes": {m: [len(b) for b in pair]
                                                        for m, pair in factory.images.items()}, "hooks": {}}
     for category, hooks_ in timings.items():
@@ -843,7 +843,7 @@ def addon_state_sizes(addons: Sequence[Any]) -> dict[str, int]:
         seen.add(id(obj))
     capture = next(a for a in addons if type(a).__name__ == "CaptchaCapture")
     roots: list[tuple[str, Any]] = [(type(a).__name__, a) for a in addons]
-    roots += [("Board", capture.board), ("Assembler", capture.assembler), ("EventLog", capture.log),
+    roots += [("Board", capture.events.board), ("Assembler", capture.assembler), ("EventLog", capture.log),
               ("Solver", capture.solver), ("ClientKeyer", capture.keyer)]
     for obj in (o for _, o in roots[len(addons):]):
         seen.add(id(obj))
@@ -875,7 +875,7 @@ async def _retained(count: int, factory: FlowFactory, sidecar: Path) -> Json:
                 await capture.response(f)
         gc.collect()
         after = addon_state_sizes(addons)
-        captured = capture.board.counts["captured"]
+        captured = capture.events.board.counts["captured"]
     diff = {name: after[name] - before.get(name, 0) for name in after}
     total = sum(diff.values())
     top = sorted(((n, d) for n, d in diff.items() if d), key=lambda kv: -kv[1])[:12]
