@@ -230,3 +230,21 @@ async def test_shutdown_fails_everything_in_flight(fake: FakeOmocaptcha, manifes
     await h.solver.shutdown()
     assert sorted(f["reason"] for f in h.finals()) == ["shutdown"] * 3
     assert h.solver.in_flight == 0
+
+
+@pytest.mark.parametrize(("endpoint", "fault"), [("getJobResult", "hang"), ("createJob", "hang"),
+                                                 ("createJob", "hang_after_create")])
+async def test_a_hanging_service_ends_every_challenge_at_its_deadline(
+    fake: FakeOmocaptcha, manifest_dir: Any, endpoint: str, fault: str
+) -> None:
+    fake.control(faults={endpoint: {fault: 1.0}})
+    h = Harness(fake.base_url, timeout_s=1.0)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    for n in range(2):
+        h.solver.submit(captured_from(manifest_dir, "whirl", n, suffix=f"-{n}"))
+    finals = await h.settle(2)
+    assert [f["reason"] for f in finals] == ["timeout", "timeout"]
+    assert loop.time() - start < 2.0
+    assert len([r for r in fake.log() if r["path"].endswith("createJob")]) == 2
+    await h.solver.shutdown()
