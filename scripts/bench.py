@@ -65,7 +65,6 @@ import platform
 import random
 import shutil
 import signal
-import socket
 import ssl
 import statistics
 import subprocess
@@ -476,22 +475,15 @@ class BenchOrigin:
 def bench_origin_child() -> None:
     """Entry point of the ``bench`` origin's process: serves plain HTTP and HTTPS (self-signed, h2 and
     HTTP/1.1), prints its ports as one JSON line, stops on SIGTERM."""
-    from scripts.testkit.origin import self_signed_cert
+    from scripts.testkit.origin import listen, self_signed_cert
 
     app = BenchOrigin(Path(sys.argv[1]))
-
-    def _listen(port: int) -> socket.socket:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", port))
-        sock.listen(1024)
-        return sock
 
     async def main() -> None:
         from hypercorn.asyncio import serve
         from hypercorn.config import Config
 
-        http_sock, https_sock = _listen(0), _listen(0)
+        http_sock, https_sock = listen(0), listen(0)
         ports = {"http_port": http_sock.getsockname()[1], "https_port": https_sock.getsockname()[1]}
         with tempfile.TemporaryDirectory() as tmp:
             cert, key = self_signed_cert(Path(tmp))

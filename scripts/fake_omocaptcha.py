@@ -46,6 +46,8 @@ from typing import Any, Literal, Self, cast
 
 from PIL import Image
 
+from scripts.testkit.origin import listen
+
 # --------------------------------------------------------------------------------------------------------------
 # Constants of the contract
 
@@ -1150,14 +1152,6 @@ class FakeApp:
 # Serving
 
 
-def _listen(port: int) -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", port))
-    sock.listen(128)
-    return sock
-
-
 async def serve(state: FakeState, sock: socket.socket, stopping: asyncio.Event) -> None:
     """Serve the fake on an already listening socket (which hypercorn takes over) until ``stopping`` is set."""
     from hypercorn.asyncio import serve as hypercorn_serve
@@ -1229,7 +1223,7 @@ class FakeOmocaptcha:
     def start(self) -> Self:
         if self._thread is not None:
             raise RuntimeError("already started")
-        sock = _listen(self._want_port)
+        sock = listen(self._want_port)
         self.port = int(sock.getsockname()[1])
         ready = threading.Event()
 
@@ -1364,7 +1358,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, OSError, KeyError, InvalidOperation) as exc:
         print(f"fake_omocaptcha: {exc}", file=sys.stderr)
         return 2
-    sock = _listen(args.port)
+    sock = listen(args.port)
     port = int(sock.getsockname()[1])
     print(json.dumps({"port": port, "base_url": f"http://127.0.0.1:{port}/api/"}), flush=True)
 
