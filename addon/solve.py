@@ -9,7 +9,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -50,8 +50,6 @@ class _Job:
     deadline: float
     task: asyncio.Task[None] | None = None
     job_id: int | None = None
-    running: bool = False
-    flows: list[Any] = field(default_factory=list)
 
 
 class Breaker:
@@ -215,7 +213,6 @@ class Solver:
             async with asyncio.timeout_at(deadline):
                 assert self._slots is not None
                 async with self._slots:
-                    job.running = True
                     if self.breaker.is_open(self.clock()):
                         raise ServiceFailure("api_error", "omocaptcha is unreachable; failing fast",
                                              reached=False, transient=False)

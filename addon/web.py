@@ -206,8 +206,5 @@ def _int(text: str | None, default: int | None) -> int | None:
 
 
 def _float(text: str | None, default: float) -> float | None:
-    if text is None:
-        return default
-    value = _number(text)
-    return value
+    return default if text is None else _number(text)
 
