@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from addon.board import Board
-from addon.captcha_addon import CaptchaCapture, CaptchaEvents, CaptchaSolving
-from addon.events import EventLog
-from addon.solve import Solver
-from addon.web import CaptchaApi
+from addon.mitm.api import CaptchaApi
+from addon.mitm.capture import CaptchaCapture, CaptchaEvents, CaptchaSolving
+from addon.publish.board import Board
+from addon.publish.events import EventLog
+from addon.solving.scheduler import Solver
 
 
 def build_addons() -> list[Any]:

@@ -707,8 +707,8 @@ class FlowFactory:
 
 
 def _addons(sidecar: Path) -> tuple[list[Any], Any, Any]:
-    from addon.captcha_addon import CaptchaCapture
-    from addon.web import CaptchaApi
+    from addon.mitm.api import CaptchaApi
+    from addon.mitm.capture import CaptchaCapture
     from addon.wiring import build_addons
 
     addons = build_addons()

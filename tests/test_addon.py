@@ -16,7 +16,7 @@ from mitmproxy import exceptions
 from mitmproxy.test import taddons, tflow, tutils
 from PIL import Image, ImageDraw
 
-from addon.captcha_addon import CaptchaCapture, CaptchaEvents
+from addon.mitm.capture import CaptchaCapture, CaptchaEvents
 from addon.wiring import build_addons
 
 CDN = "p16-rc-captcha-va.ibyteimg.com"

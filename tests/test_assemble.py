@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from addon.assemble import Assembler, Captured, Expired, ImagePart, Outcome, make_part
-from addon.images import ImageInfo, Role
-from addon.recognise import AnnouncedChallenge, Kind, url_key
+from addon.capture.assemble import Assembler, Captured, Expired, ImagePart, Outcome, make_part
+from addon.capture.images import ImageInfo, Role
+from addon.capture.recognise import AnnouncedChallenge, Kind, url_key
 
 SIZES = {Role.OUTER: (347, 347), Role.INNER: (211, 211), Role.BACKGROUND: (552, 344), Role.PIECE: (110, 110)}
 CDN = "https://p16-rc-captcha-va.ibyteimg.com"

@@ -4,9 +4,9 @@ import asyncio
 
 import pytest
 
-from addon.board import Board
-from addon.events import EventLog
-from addon.web import drag_for
+from addon.mitm.api import drag_for
+from addon.publish.board import Board
+from addon.publish.events import EventLog
 
 
 def make() -> tuple[EventLog, Board]:

@@ -43,12 +43,12 @@ from mitmproxy import http
 from mitmproxy.test import taddons, tflow, tutils
 from PIL import Image, ImageCms, ImageDraw, PngImagePlugin
 
-from addon import edata, images, recognise
-from addon.bodies import BodyTooLarge, bounded_content
-from addon.captcha_addon import MAX_IMAGE_BODY, CaptchaCapture
-from addon.clients import ClientKeyer
-from addon.images import BadImage, ImageInfo, Role
-from addon.recognise import AnnouncedChallenge, Kind, NotRecognised, VerifyRequest
+from addon.capture import edata, images, recognise
+from addon.capture.bodies import BodyTooLarge, bounded_content
+from addon.capture.clients import ClientKeyer
+from addon.capture.images import BadImage, ImageInfo, Role
+from addon.capture.recognise import AnnouncedChallenge, Kind, NotRecognised, VerifyRequest
+from addon.mitm.capture import MAX_IMAGE_BODY, CaptchaCapture
 from addon.wiring import build_addons
 
 MB = 1024 * 1024

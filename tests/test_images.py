@@ -8,8 +8,8 @@ import pytest
 from conftest import sample
 from PIL import Image
 
-from addon import images
-from addon.images import BadImage, Role
+from addon.capture import images
+from addon.capture.images import BadImage, Role
 
 
 def encode(img: Image.Image, fmt: str, **kw: object) -> bytes:

@@ -5,9 +5,9 @@ import json
 import pytest
 from conftest import seal
 
-from addon import edata
-from addon.images import Role
-from addon.recognise import (
+from addon.capture import edata
+from addon.capture.images import Role
+from addon.capture.recognise import (
     Kind,
     NotRecognised,
     parse_get,

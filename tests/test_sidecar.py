@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from addon import sidecar as sidecar_module
-from addon.events import EventLog
-from addon.sidecar import SidecarWriter
+from addon.publish import sidecar as sidecar_module
+from addon.publish.events import EventLog
+from addon.publish.sidecar import SidecarWriter
 
 
 def emit_into(writer: SidecarWriter, n: int, log: EventLog | None = None) -> EventLog:

@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 from conftest import tiny_manifest
 
-from addon.assemble import Captured, make_part
-from addon.events import EventLog
-from addon.images import Role, probe
-from addon.recognise import Kind
-from addon.solve import Solver, SolverConfig
+from addon.capture.assemble import Captured, make_part
+from addon.capture.images import Role, probe
+from addon.capture.recognise import Kind
+from addon.publish.events import EventLog
+from addon.solving.scheduler import Solver, SolverConfig
 from scripts.fake_omocaptcha import FakeOmocaptcha
 
 KEY = "test-key-3141"

@@ -8,7 +8,7 @@ import logging
 import os
 from collections import deque
 
-from addon.events import Event
+from addon.publish.events import Event
 from addon.ratelimit import RateLimitedLog
 
 logger = logging.getLogger(__name__)

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from addon import edata
-from addon.images import Role
+from addon.capture import edata
+from addon.capture.images import Role
 
 MAX_JSON_BODY = 2 * 1024 * 1024
 MAX_INLINE_IMAGE = 4 * 1024 * 1024

@@ -14,13 +14,13 @@ from typing import Any
 
 import httpx
 
-from addon import images
-from addon.assemble import Captured
-from addon.events import Event, EventLog
-from addon.images import Role
-from addon.omocaptcha import SERVICE, TYPE_ROTATE_WEB, TYPE_SLIDE_WEB, OmocaptchaClient, ServiceFailure
+from addon.capture import images
+from addon.capture.assemble import Captured
+from addon.capture.images import Role
+from addon.capture.recognise import Kind
+from addon.publish.events import Event, EventLog
 from addon.ratelimit import RateLimitedLog
-from addon.recognise import Kind
+from addon.solving.omocaptcha_v1 import SERVICE, TYPE_ROTATE_WEB, TYPE_SLIDE_WEB, OmocaptchaClient, ServiceFailure
 
 logger = logging.getLogger(__name__)
 

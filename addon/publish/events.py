@@ -7,8 +7,8 @@ import secrets
 from collections.abc import Callable
 from typing import Any
 
-from addon.assemble import Captured, Expired, ImagePart
-from addon.images import Role
+from addon.capture.assemble import Captured, Expired, ImagePart
+from addon.capture.images import Role
 
 Event = dict[str, Any]
 FINAL = frozenset(("solved", "failed"))

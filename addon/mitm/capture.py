@@ -15,18 +15,18 @@ from typing import Any
 
 from mitmproxy import ctx, exceptions, flowfilter, hooks, http
 
-from addon import images, recognise
-from addon.assemble import Assembler, Captured, Expired, Outcome, make_part
-from addon.board import Board
-from addon.bodies import BodyTooLarge, bounded_content
-from addon.clients import ClientKeyer, parse_spec
-from addon.events import Event, EventLog
-from addon.hosts import host_of
-from addon.omocaptcha import DEFAULT_URL
+from addon.capture import images, recognise
+from addon.capture.assemble import Assembler, Captured, Expired, Outcome, make_part
+from addon.capture.bodies import BodyTooLarge, bounded_content
+from addon.capture.clients import ClientKeyer, parse_spec
+from addon.capture.hosts import host_of
+from addon.capture.recognise import Kind, NotRecognised
+from addon.publish.board import Board
+from addon.publish.events import Event, EventLog
+from addon.publish.sidecar import SidecarWriter
 from addon.ratelimit import RateLimitedLog
-from addon.recognise import Kind, NotRecognised
-from addon.sidecar import SidecarWriter
-from addon.solve import Solver, SolverConfig
+from addon.solving.omocaptcha_v1 import DEFAULT_URL
+from addon.solving.scheduler import Solver, SolverConfig
 
 logger = logging.getLogger("captcha")
 # httpx logs every request at INFO; on the proxy's console that would be a line per result poll.

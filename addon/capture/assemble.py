@@ -6,8 +6,8 @@ import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from addon.images import BadImage, ImageInfo, Role, probe
-from addon.recognise import AnnouncedChallenge, Kind, url_key
+from addon.capture.images import BadImage, ImageInfo, Role, probe
+from addon.capture.recognise import AnnouncedChallenge, Kind, url_key
 
 PIECE_GRACE = 1.5
 """Seconds a slide whose background is in waits for its piece before it is captured without it."""

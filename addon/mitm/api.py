@@ -13,13 +13,13 @@ from typing import TYPE_CHECKING, Any
 from mitmproxy import ctx, exceptions, http, tls
 from mitmproxy.proxy import server_hooks
 
-from addon.board import Board
-from addon.events import Event
-from addon.hosts import host_of
-from addon.solve import Solver
+from addon.capture.hosts import host_of
+from addon.publish.board import Board
+from addon.publish.events import Event
+from addon.solving.scheduler import Solver
 
 if TYPE_CHECKING:
-    from addon.captcha_addon import CaptchaCapture
+    from addon.mitm.capture import CaptchaCapture
 
 logger = logging.getLogger("captcha")
 

@@ -7,7 +7,7 @@ import bisect
 from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
 
-from addon.events import FINAL, Event
+from addon.publish.events import FINAL, Event
 
 MAX_EVENTS = 5_000
 """Events of all clients kept for /v1/events (a captured event with its images is about 2 KB)."""
