@@ -1,21 +1,57 @@
-"""Builds the addon objects and the state they share."""
+"""Builds the addon objects and the state they share: one bus, one board, one scheduler, one client keyer."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from addon.capture.clients import ClientKeyer
 from addon.mitm.api import CaptchaApi
-from addon.mitm.capture import CaptchaCapture, CaptchaEvents, CaptchaSolving
+from addon.mitm.capture import CaptchaCapture
+from addon.mitm.outlets import CaptchaEvents
+from addon.mitm.solving import CaptchaSolving
 from addon.publish.board import Board
-from addon.publish.events import EventLog
-from addon.solving.scheduler import Solver
+from addon.publish.bus import EventBus
+from addon.publish.event_stream import EventStreamServer
+from addon.publish.http_api import ApiHandler
+from addon.publish.service_stats import ServiceStats
+from addon.solving.scheduler import Scheduler
 
 
 def build_addons() -> list[Any]:
-    log = EventLog()
+    bus = EventBus()
     board = Board()
-    solver = Solver(log)
-    events = CaptchaEvents(log, board)
-    capture = CaptchaCapture(log, solver, events)
+    keyer = ClientKeyer()
+    scheduler = Scheduler(bus)
+    service_stats = ServiceStats()
+    bus.subscribe("service-stats", service_stats)
+    events = CaptchaEvents(bus, board)
+    capture = CaptchaCapture(bus, scheduler, keyer)
+    solving = CaptchaSolving(scheduler)
+
+    def stats(client: str | None) -> dict[str, Any]:
+        """Counters of the whole proxy, or of one client with ?client=K (then without the job counters)."""
+        if client is not None:
+            counts, reasons = board.client_counts(client)
+            return {
+                "client": client, "captured": counts["captured"], "solved": counts["solved"],
+                "failed": dict(reasons), "expired": counts["expired"], "verified": counts["verified"],
+                "in_flight": scheduler.in_flight_of(client),
+            }
+        counts = board.counts
+        services = scheduler.service_stats()
+        return {
+            "captured": counts["captured"], "solved": counts["solved"], "failed": dict(board.failed_reasons),
+            "expired": counts["expired"], "verified": counts["verified"], "in_flight": scheduler.in_flight,
+            "waiting": scheduler.waiting, "jobs_sent": scheduler.jobs_sent, "solving": scheduler.key_state,
+            "solvers": list(scheduler.config.chain),
+            "balance": {name: s["balance"] for name, s in services.items() if s["balance"] is not None},
+            "services": services,
+            "by_service": service_stats.to_json(scheduler.jobs_sent_by_kind()),
+            "cache": {"entries": len(scheduler.cache), "hits": scheduler.cache.hits},
+        }
+
+    stream = EventStreamServer(board)
+    bus.subscribe("event-stream", stream.publish)
+    api = CaptchaApi(ApiHandler(board, stats), keyer, stream)
     # Order matters at shutdown: capture and solving write their last events before the sidecar closes.
-    return [CaptchaApi(board, solver, capture), capture, CaptchaSolving(solver), events]
+    return [api, capture, solving, events]

@@ -740,7 +740,7 @@ async def _flowcost(s: Settings, factory: FlowFactory, sidecar: Path) -> Json:
         record(category, "total", t2 - t0)
 
     with taddons.context(*addons) as tctx:
-        tctx.configure(capture, captcha_sidecar=str(sidecar))
+        tctx.configure(capture, captcha_sidecar=str(sidecar), captcha_solvers="none")
         plain = [factory.plain(i) for i in range(500)]
         for i in range(min(2000, s.flowcost_plain)):  # warm-up
             await timed("warmup", plain[i % len(plain)])
@@ -753,7 +753,7 @@ async def _flowcost(s: Settings, factory: FlowFactory, sidecar: Path) -> Json:
             await timed("image_last", last)
             if i % 50 == 49:
                 await asyncio.sleep(0)  # lets the addon's periodic tick run now and then, as it would
-        captured = capture.events.board.counts["captured"]
+        captured = api.handler.board.counts["captured"]
     out: Json = {"captured": captured, "image_bytes": {m: [len(b) for b in pair]
                                                        for m, pair in factory.images.items()}, "hooks": {}}
     for category, hooks_ in timings.items():
@@ -778,7 +778,7 @@ async def _dispatch_cost(s: Settings, factory: FlowFactory, sidecar: Path) -> Js
         opts = options.Options()
         m = master.Master(opts, event_loop=asyncio.get_running_loop())
         m.addons.add(*default_addons())
-        opts.update_defer(captcha_sidecar=str(sidecar))
+        opts.update_defer(captcha_sidecar=str(sidecar), captcha_solvers="none")
         opts.update(scripts=scripts)
         await m.addons.trigger_event(hooks.RunningHook())
         await asyncio.sleep(0.1)
@@ -831,12 +831,13 @@ def addon_state_sizes(addons: Sequence[Any]) -> dict[str, int]:
     seen: set[int] = set()
     out: dict[str, int] = {}
     # Objects that are configuration or infrastructure, not state that grows with traffic.
-    for obj in (logging.getLogger("captcha"), logging.getLogger(), *addons):
+    for obj in (logging.getLogger("addon"), logging.getLogger(), *addons):
         seen.add(id(obj))
     capture = next(a for a in addons if type(a).__name__ == "CaptchaCapture")
+    api = next(a for a in addons if type(a).__name__ == "CaptchaApi")
     roots: list[tuple[str, Any]] = [(type(a).__name__, a) for a in addons]
-    roots += [("Board", capture.events.board), ("Assembler", capture.assembler), ("EventLog", capture.log),
-              ("Solver", capture.solver), ("ClientKeyer", capture.keyer)]
+    roots += [("Board", api.handler.board), ("Assembler", capture.assembler), ("EventBus", capture.bus),
+              ("Scheduler", capture.scheduler), ("ClientKeyer", capture.keyer)]
     for obj in (o for _, o in roots[len(addons):]):
         seen.add(id(obj))
     for name, obj in roots:
@@ -853,7 +854,7 @@ async def _retained(count: int, factory: FlowFactory, sidecar: Path) -> Json:
 
     addons, capture, api = _addons(sidecar)
     with taddons.context(*addons) as tctx:
-        tctx.configure(capture, captcha_sidecar=str(sidecar))
+        tctx.configure(capture, captcha_sidecar=str(sidecar), captcha_solvers="none")
         for i in range(20):  # warm-up: imports, caches
             for f in factory.challenge(10_000_000 + i):
                 await capture.response(f)
@@ -867,7 +868,7 @@ async def _retained(count: int, factory: FlowFactory, sidecar: Path) -> Json:
                 await capture.response(f)
         gc.collect()
         after = addon_state_sizes(addons)
-        captured = capture.events.board.counts["captured"]
+        captured = api.handler.board.counts["captured"]
     diff = {name: after[name] - before.get(name, 0) for name in after}
     total = sum(diff.values())
     top = sorted(((n, d) for n, d in diff.items() if d), key=lambda kv: -kv[1])[:12]
@@ -1188,6 +1189,7 @@ def bench_memory(s: Settings, report: Report, manifest_dir: Path, work: Path) ->
             options: dict[str, str | int] = {"flow_detail": 0}
             if scripts:
                 options["captcha_sidecar"] = str(work / "memory.jsonl")
+                options["captcha_solvers"] = "none"  # capture only, as the figure says
             proxy = MitmdumpProcess(scripts, origin=(origin.http_port, origin.https_port),
                                     workdir=work / f"memory-{mode}", options=options)
             proxy.start()

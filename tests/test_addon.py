@@ -16,7 +16,8 @@ from mitmproxy import exceptions
 from mitmproxy.test import taddons, tflow, tutils
 from PIL import Image, ImageDraw
 
-from addon.mitm.capture import CaptchaCapture, CaptchaEvents
+from addon.mitm.capture import CaptchaCapture
+from addon.mitm.outlets import CaptchaEvents
 from addon.wiring import build_addons
 
 CDN = "p16-rc-captcha-va.ibyteimg.com"
@@ -65,13 +66,23 @@ def make_flow(
 def addon_env(tmp_path: Path) -> Iterator[tuple[Any, CaptchaCapture, Path]]:
     addons = build_addons()
     capture = next(a for a in addons if isinstance(a, CaptchaCapture))
+    outlets = next(a for a in addons if isinstance(a, CaptchaEvents))
     sidecar = tmp_path / "events.jsonl"
     with taddons.context(*addons) as tctx:
-        tctx.configure(capture, captcha_sidecar=str(sidecar))
+        # Capture only: these tests hold the capture stage; solving has its own.
+        tctx.configure(capture, captcha_sidecar=str(sidecar), captcha_solvers="none")
+        DRAINS.append(outlets.drain)
         yield tctx, capture, sidecar
+        DRAINS.remove(outlets.drain)
+
+
+DRAINS: list[Any] = []
 
 
 def events(path: Path) -> list[dict[str, Any]]:
+    """The sidecar's events, once the sidecar's thread has written all emitted so far."""
+    for drain in DRAINS:
+        drain()
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 

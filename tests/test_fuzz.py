@@ -49,6 +49,7 @@ from addon.capture.clients import ClientKeyer
 from addon.capture.images import BadImage, ImageInfo, Role
 from addon.capture.recognise import AnnouncedChallenge, Kind, NotRecognised, VerifyRequest
 from addon.mitm.capture import MAX_IMAGE_BODY, CaptchaCapture
+from addon.mitm.outlets import CaptchaEvents
 from addon.wiring import build_addons
 
 MB = 1024 * 1024
@@ -1155,12 +1156,21 @@ def capture_env(tmp_path: Path) -> Iterator[tuple[CaptchaCapture, Path]]:
     addons = build_addons()
     capture = next(a for a in addons if isinstance(a, CaptchaCapture))
     sidecar = tmp_path / "events.jsonl"
+    outlets = next(a for a in addons if isinstance(a, CaptchaEvents))
     with taddons.context(*addons) as tctx:
-        tctx.configure(capture, captcha_sidecar=str(sidecar))
+        tctx.configure(capture, captcha_sidecar=str(sidecar), captcha_solvers="none")
+        DRAINS.append(outlets.drain)
         yield capture, sidecar
+        DRAINS.remove(outlets.drain)
+
+
+DRAINS: list[Any] = []
 
 
 def sidecar_events(path: Path) -> list[dict[str, Any]]:
+    """The sidecar's events, once its thread has written every event emitted so far."""
+    for drain in DRAINS:
+        drain()
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
@@ -1173,13 +1183,13 @@ async def feed(capture: CaptchaCapture, flows: list[Any]) -> None:
 
 
 def captcha_records(caplog: pytest.LogCaptureFixture, level: int) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if r.name == "captcha" and r.levelno == level]
+    return [r for r in caplog.records if r.name.startswith("addon.") and r.levelno == level]
 
 
 async def test_two_hundred_bad_images_pass_untouched_with_a_handful_of_warnings(
     capture_env: tuple[CaptchaCapture, Path], caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.DEBUG, logger="captcha")
+    caplog.set_level(logging.DEBUG, logger="addon")
     capture, sidecar = capture_env
     rng = random.Random(20240601)
     # Half the images were announced by a get (so every bad one is worth a warning), half come by geometry.
@@ -1206,7 +1216,7 @@ async def test_two_hundred_bad_images_pass_untouched_with_a_handful_of_warnings(
 async def test_hostile_gets_and_verifies_pass_untouched(
     capture_env: tuple[CaptchaCapture, Path], caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.DEBUG, logger="captcha")
+    caplog.set_level(logging.DEBUG, logger="addon")
     capture, sidecar = capture_env
     rng = random.Random(7)
     kinds = hostile_json(rng)
@@ -1238,7 +1248,7 @@ async def test_a_client_key_header_that_is_not_utf8(
     capture_env: tuple[CaptchaCapture, Path], caplog: pytest.LogCaptureFixture
 ) -> None:
     capture, _sidecar = capture_env
-    caplog.set_level(logging.DEBUG, logger="captcha")
+    caplog.set_level(logging.DEBUG, logger="addon")
     capture.keyer = ClientKeyer("header:X-Device-Id")
     f = make_flow("rc-verification-sg.tiktokv.com", "/captcha/verify", b'{"code": 200}', method="POST",
                   request_body=b'{"id": "s1", "mode": "slide"}')  # fmt: skip

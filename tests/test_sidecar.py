@@ -8,15 +8,16 @@ from pathlib import Path
 import pytest
 
 from addon.publish import sidecar as sidecar_module
-from addon.publish.events import EventLog
+from addon.publish import events as ev
+from addon.publish.bus import EventBus
 from addon.publish.sidecar import SidecarWriter
 
 
-def emit_into(writer: SidecarWriter, n: int, log: EventLog | None = None) -> EventLog:
-    log = log or EventLog(run="r1")
+def emit_into(writer: SidecarWriter, n: int, log: EventBus | None = None) -> EventBus:
+    log = log or EventBus(run="r1")
     for i in range(n):
-        event = log.emit("captured", f"c{i}", f"ch{i}", "rotate", note="é ü")
-        writer.write(event)
+        event = log.emit(ev.Failed(client=f"c{i}", challenge=f"ch{i}", kind="rotate", reason="api_error", message="é ü"))
+        writer.write(event.to_json())
     return log
 
 

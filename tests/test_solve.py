@@ -14,8 +14,10 @@ from conftest import tiny_manifest
 from addon.capture.assemble import Captured, make_part
 from addon.capture.images import Role, probe
 from addon.capture.recognise import Kind
-from addon.publish.events import EventLog
-from addon.solving.scheduler import Solver, SolverConfig
+from addon.mitm.solving import make_http_client
+from addon.publish.bus import EventBus
+from addon.solving.omocaptcha_v1 import OmocaptchaV1Solver
+from addon.solving.scheduler import Scheduler, SchedulerConfig
 from scripts.fake_omocaptcha import FakeOmocaptcha
 
 KEY = "test-key-3141"
@@ -46,12 +48,18 @@ def captured_from(
 
 
 class Harness:
-    def __init__(self, url: str, **config: Any):
-        self.log = EventLog()
+    """A scheduler with omocaptcha v1 as its only solver, the events it emits kept as their JSON."""
+
+    def __init__(self, url: str, key: str = KEY, **config: Any):
+        self.bus = EventBus()
         self.events: list[dict[str, Any]] = []
-        self.log.subscribers.append(self.events.append)
-        self.solver = Solver(self.log)
-        self.solver.configure(SolverConfig(key=KEY, url=url, **({"poll_s": 0.05, "timeout_s": 5} | config)))
+        self.bus.subscribe("test", lambda e: self.events.append(e.to_json()))
+        self.solver = Scheduler(self.bus)
+        settings = {"poll_s": 0.05, "timeout_s": 5} | config
+        self.http = make_http_client(settings.get("max_jobs", 32))
+        self.v1 = OmocaptchaV1Solver(url, key, self.http)
+        self.solver.configure(SchedulerConfig(solvers=(self.v1,), **settings))
+        self.health = self.solver.services["omocaptcha-v1"].health
 
     def finals(self) -> list[dict[str, Any]]:
         return [e for e in self.events if e["event"] in ("solved", "failed")]
@@ -71,10 +79,12 @@ async def test_rotate_sends_inner_then_outer_and_gets_the_slider_distance(
     c = captured_from(manifest_dir, "whirl")
     h.solver.submit(c)
     [final] = await h.settle()
-    truth = next(x for x in manifest_dir[1]["challenges"] if x["id"] == c.challenge_id)
-    assert truth
+    [truth] = [x for x in manifest_dir[1]["challenges"] if x["id"] == c.challenge_id]
     assert final["event"] == "solved" and final["result"] == str(round(truth["drag_px"]))
-    assert final["answer"] == {"value": float(round(truth["drag_px"]))} and final["service"] == "omocaptcha-v1"
+    value = float(round(truth["drag_px"]))
+    assert final["answer"] == {"value": value, "fraction": value / 271, "angle": value / 271 * 360}
+    assert final["service"] == "omocaptcha-v1" and final["tried"] == ["omocaptcha-v1"]
+    assert abs((final["answer"]["angle"] - truth["angle"] + 180) % 360 - 180) < 1.0
     assert [e["event"] for e in h.events] == ["solving", "solved"]
     create = next(r for r in fake.log() if r["path"].endswith("createJob"))
     assert create["body"]["data"]["type_job_id"] == "23"
@@ -88,8 +98,7 @@ async def test_slide_sends_background_and_width_view(fake: FakeOmocaptcha, manif
     c = captured_from(manifest_dir, "slide")
     h.solver.submit(c)
     [final] = await h.settle()
-    truth = next(x for x in manifest_dir[1]["challenges"] if x["id"] == c.challenge_id)
-    assert truth
+    [truth] = [x for x in manifest_dir[1]["challenges"] if x["id"] == c.challenge_id]
     answer = final["answer"]
     assert answer["width_view"] == 348 and abs(answer["x_natural"] - truth["gap_x"]) <= 1.0
     assert answer["fraction"] == pytest.approx(answer["x"] / 348)
@@ -189,19 +198,21 @@ async def test_service_down_fails_fast_then_recovers(manifest_dir: Any) -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     h = Harness(f"http://127.0.0.1:{port}/api", timeout_s=20)
-    h.solver.breaker.cooldown = 0.5
+    h.health.probe_s = 0.2
     for n in range(2):
         h.solver.submit(captured_from(manifest_dir, "whirl", n))
     finals = await h.settle(2, limit=15)
     assert [f["reason"] for f in finals] == ["api_error", "api_error"]
-    assert h.solver.breaker.is_open(h.solver.clock())
+    assert h.health.is_down(h.solver.clock())
+    # Down and no other solver: a new challenge waits only for the next probe's verdict, then fails.
     h.solver.submit(captured_from(manifest_dir, "slide", 0))
-    assert h.finals()[-1]["message"].startswith("omocaptcha is unreachable")
+    finals = await h.settle(3)
+    assert finals[-1]["message"] == "omocaptcha-v1 is unreachable; failing fast until it answers again"
     with FakeOmocaptcha(keys=(KEY,), manifests=(str(manifest_dir[0]),), port=port):
-        await asyncio.sleep(0.6)
         h.solver.submit(captured_from(manifest_dir, "slide", 1))
         finals = await h.settle(4)
         assert finals[-1]["event"] == "solved"
+        assert not h.health.is_down(h.solver.clock())
     await h.solver.shutdown()
 
 

@@ -4,13 +4,29 @@ from __future__ import annotations
 
 from mitmproxy import exceptions, http
 
+METADATA_KEY = "captcha_client"
+"""Where a flow's client key is kept once worked out (mitmproxy's idiom: its proxyauth addon does the same)."""
+
 
 class ClientKeyer:
     def __init__(self, spec: str = "ip"):
         self.mode, self.header = parse_spec(spec)
         self._by_connection: dict[str, str] = {}
 
+    def configure(self, spec: str) -> None:
+        self.mode, self.header = parse_spec(spec)
+        self._by_connection.clear()
+
     def key(self, flow: http.HTTPFlow) -> str:
+        """The flow's client key, worked out once per flow and kept in `flow.metadata`."""
+        known = flow.metadata.get(METADATA_KEY)
+        if isinstance(known, str):
+            return known
+        key = self._work_out(flow)
+        flow.metadata[METADATA_KEY] = key
+        return key
+
+    def _work_out(self, flow: http.HTTPFlow) -> str:
         if self.mode == "header":
             value: str | None = flow.request.headers.get(self.header)
             conn = flow.client_conn.id

@@ -1,4 +1,5 @@
-"""The addon classes: one per concern (events, capture, solving), sharing one EventLog."""
+"""`CaptchaCapture`: recognises captcha traffic, assembles challenges per client, hands captured ones to the
+scheduler, holds the completing response when asked, and marks captcha flows for mitmweb."""
 
 from __future__ import annotations
 
@@ -6,8 +7,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
-import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -21,114 +20,18 @@ from addon.capture.bodies import BodyTooLarge, bounded_content
 from addon.capture.clients import ClientKeyer, parse_spec
 from addon.capture.hosts import host_of
 from addon.capture.recognise import Kind, NotRecognised
-from addon.publish.board import Board
-from addon.publish.events import Event, EventLog
-from addon.publish.sidecar import SidecarWriter
+from addon.publish import events as ev
+from addon.publish.bus import EventBus
 from addon.ratelimit import RateLimitedLog
-from addon.solving.omocaptcha_v1 import DEFAULT_URL
-from addon.solving.scheduler import Solver, SolverConfig
+from addon.solving.scheduler import Scheduler
 
-logger = logging.getLogger("captcha")
-# httpx logs every request at INFO; on the proxy's console that would be a line per result poll.
-logging.getLogger("httpx").setLevel(logging.WARNING)
+logger = logging.getLogger(__name__)
 
 MAX_IMAGE_BODY = 8 * 1024 * 1024
 MAX_JSON_BODY = recognise.MAX_JSON_BODY
 TICK_SECONDS = 0.25
 MAX_REMEMBERED_CHALLENGES = 20_000
 FLOW_MARK = ":jigsaw:"
-
-
-class CaptchaEvents:
-    """Publishes every event: the sidecar file, the board behind the HTTP API, and a log line per challenge."""
-
-    def __init__(self, log: EventLog, board: Board):
-        self.log = log
-        self.board = board
-        self.sidecar: SidecarWriter | None = None
-        log.subscribers.append(self._publish)
-
-    def load(self, loader: Any) -> None:
-        loader.add_option(
-            "captcha_sidecar", str, "captcha-events.jsonl",
-            'JSON Lines file every captcha event is appended to (created 0600); "" turns it off.',
-        )
-
-    def configure(self, updated: set[str]) -> None:
-        if "captcha_sidecar" in updated:
-            if self.sidecar is not None:
-                self.sidecar.close()
-            path = ctx.options.captcha_sidecar
-            self.sidecar = SidecarWriter(os.path.expanduser(path)) if path else None
-
-    def _publish(self, event: Event) -> None:
-        self.board.add(event)
-        if self.sidecar is not None:
-            self.sidecar.write(event)
-        name = event["event"]
-        if name == "captured":
-            roles = ", ".join(f"{role} {i['width']}x{i['height']} {i['format']}" for role, i in event["images"].items())
-            logger.info(f"captcha: captured {event['kind']} {event['challenge']} for {event['client']} "
-                        f"({roles}; from {event['source']})")
-        elif name == "solved":
-            logger.info(f"captcha: solved {event['challenge']} for {event['client']}: {event['result']} "
-                        f"in {event['elapsed_ms']} ms")
-        elif name == "failed":
-            logger.warning(f"captcha: {event['challenge']} for {event['client']} failed: "
-                           f"{event['reason']} ({event['message']})")
-        elif name == "expired":
-            logger.info(f"captcha: parts of {event['challenge']} for {event['client']} expired "
-                        f"({', '.join(event['images']) or 'no images'}; {event['reason']})")
-
-    def tick(self) -> None:
-        if self.sidecar is not None and self.sidecar.backlog:
-            self.sidecar.flush()
-
-    def done(self) -> None:
-        if self.sidecar is not None:
-            self.sidecar.close()
-
-
-class CaptchaSolving:
-    """Solves captured challenges through omocaptcha when a key is set."""
-
-    def __init__(self, solver: Solver):
-        self.solver = solver
-
-    def load(self, loader: Any) -> None:
-        loader.add_option("omocaptcha_key", str, "",
-                          "omocaptcha API key; empty: the OMOCAPTCHA_KEY environment variable, else capture only.")
-        loader.add_option("omocaptcha_url", str, DEFAULT_URL, "Base URL of omocaptcha's v1 job API.")
-        loader.add_option("captcha_width_view", int, 340, "Width at which the slide puzzle is shown (width_view).")
-        loader.add_option("captcha_poll_ms", int, 2000, "Pause before the first and between result polls, in ms.")
-        loader.add_option("captcha_timeout", int, 120,
-                          "Seconds from capture to a final answer before the challenge fails with timeout.")
-        loader.add_option("captcha_max_jobs", int, 32, "Solving jobs in flight at once; more wait their turn.")
-        loader.add_option("captcha_max_waiting", int, 512,
-                          "Challenges that may wait for a job slot; beyond it they fail at once as overloaded.")
-
-    def configure(self, updated: set[str]) -> None:
-        names = {"omocaptcha_key", "omocaptcha_url", "captcha_width_view", "captcha_poll_ms", "captcha_timeout",
-                 "captcha_max_jobs", "captcha_max_waiting"}
-        if not names & updated:
-            return
-        o = ctx.options
-        url = o.omocaptcha_url.strip()
-        if not re.match(r"^https?://[^/\s]+", url):
-            raise exceptions.OptionsError(f"omocaptcha_url must be an http(s) URL, not {url!r}")
-        for name in ("captcha_width_view", "captcha_poll_ms", "captcha_timeout", "captcha_max_jobs"):
-            if getattr(o, name) <= 0:
-                raise exceptions.OptionsError(f"{name} must be positive")
-        if o.captcha_max_waiting < 0:
-            raise exceptions.OptionsError("captcha_max_waiting must not be negative")
-        key = o.omocaptcha_key.strip() or os.environ.get("OMOCAPTCHA_KEY", "").strip()
-        self.solver.configure(SolverConfig(
-            key=key, url=url, width_view=o.captcha_width_view, poll_s=o.captcha_poll_ms / 1000,
-            timeout_s=float(o.captcha_timeout), max_jobs=o.captcha_max_jobs, max_waiting=o.captcha_max_waiting,
-        ))
-
-    async def done(self) -> None:
-        await self.solver.shutdown()
 
 
 class _Matchers:
@@ -152,12 +55,11 @@ class _Matchers:
 class CaptchaCapture:
     """Recognises captcha traffic, assembles challenges per client, and hands captured ones to the solver."""
 
-    def __init__(self, log: EventLog, solver: Solver, events: CaptchaEvents):
-        self.log = log
-        self.solver = solver
-        self.events = events
+    def __init__(self, bus: EventBus, scheduler: Scheduler, keyer: ClientKeyer):
+        self.bus = bus
+        self.scheduler = scheduler
         self.assembler = Assembler()
-        self.keyer = ClientKeyer()
+        self.keyer = keyer
         self.matchers = _Matchers()
         self.hold = False
         self.bad_input = RateLimitedLog(logger)
@@ -165,12 +67,12 @@ class CaptchaCapture:
         self.newest_solved: OrderedDict[str, str] = OrderedDict()
         self.newest_captured: OrderedDict[str, str] = OrderedDict()
         self.captured_ids: OrderedDict[str, str] = OrderedDict()
-        self._held: dict[str, asyncio.Future[Event]] = {}
-        self._held_flows: dict[str, asyncio.Future[Event]] = {}
+        self._held: dict[str, asyncio.Future[ev.Event]] = {}
+        self._held_flows: dict[str, asyncio.Future[ev.Event]] = {}
         self._challenge_flows: dict[str, list[http.HTTPFlow]] = {}
         self._ticker: asyncio.Task[None] | None = None
         self.clock: Callable[[], float] = time.monotonic
-        solver.add_final_listener(self._on_final)
+        bus.subscribe("capture", self._on_event)
 
     def load(self, loader: Any) -> None:
         loader.add_option("captcha_client_key", str, "ip",
@@ -191,7 +93,7 @@ class CaptchaCapture:
         o = ctx.options
         if "captcha_client_key" in updated:
             parse_spec(o.captcha_client_key)
-            self.keyer = ClientKeyer(o.captcha_client_key)
+            self.keyer.configure(o.captcha_client_key)
         if "captcha_pair_window" in updated:
             if o.captcha_pair_window <= 0:
                 raise exceptions.OptionsError("captcha_pair_window must be positive")
@@ -204,14 +106,13 @@ class CaptchaCapture:
 
     def running(self) -> None:
         if self._ticker is None:
-            self._ticker = asyncio.get_running_loop().create_task(self._tick_forever())
+            self._ticker = asyncio.get_running_loop().create_task(self._tick_forever(), name="captcha-assembler-tick")
 
     async def _tick_forever(self) -> None:
         while True:
             await asyncio.sleep(TICK_SECONDS)
             try:
                 self._handle(self.assembler.tick(self.clock()), None)
-                self.events.tick()
             except Exception:
                 logger.exception("captcha: periodic housekeeping failed")
 
@@ -233,9 +134,9 @@ class CaptchaCapture:
                                  f"captcha: internal error on {flow.request.pretty_url[:200]}: {type(e).__name__}: {e}")
             logger.debug("captcha: traceback", exc_info=True)
 
-    async def _hold(self, response: http.Response, answer: asyncio.Future[Event]) -> None:
+    async def _hold(self, response: http.Response, answer: asyncio.Future[ev.Event]) -> None:
         """Only this response waits; the proxy serves every other flow meanwhile."""
-        limit = (self.solver.config.timeout_s if self.solver.config else 120.0) + 5.0
+        limit = self.scheduler.config.timeout_s + 5.0
         try:
             event = await asyncio.wait_for(asyncio.shield(answer), limit)
         except TimeoutError:
@@ -340,7 +241,11 @@ class CaptchaCapture:
             return
         owner = known[0] if known else client
         self._comment(flow, f"captcha verify of {challenge}: {'accepted' if accepted else 'rejected'}")
-        self.log.emit("verified", owner, challenge, str(kind), accepted=accepted)
+        answered = self.scheduler.verdict(challenge, accepted)
+        self.bus.emit(ev.Verified(
+            client=owner, challenge=challenge, kind=str(kind), accepted=accepted,
+            service=answered.service if answered else None, cached=answered.cached if answered else False,
+        ))
 
     def _remember(self, challenge_id: str, client: str, kind: Kind) -> None:
         self.challenges[challenge_id] = (client, kind)
@@ -353,7 +258,11 @@ class CaptchaCapture:
             if isinstance(outcome, Captured):
                 self._captured(outcome, flow)
             elif isinstance(outcome, Expired):
-                self.log.expired(outcome)
+                self.bus.emit(ev.Expired(
+                    client=outcome.client, challenge=outcome.challenge_id,
+                    kind=str(outcome.kind) if outcome.kind else None, images=ev.image_fields(outcome.images),
+                    reason=outcome.reason,
+                ))
                 self._challenge_flows.pop(outcome.challenge_id, None)
 
     def _captured(self, c: Captured, flow: http.HTTPFlow | None) -> None:
@@ -362,24 +271,29 @@ class CaptchaCapture:
         _bump(self.captured_ids, c.challenge_id, c.client)
         self._remember(c.challenge_id, c.client, c.kind)
         _bump(self.newest_captured, c.client, c.challenge_id)
-        self.log.captured(c)
-        if flow is not None and self.solver.enabled:
+        self.bus.emit(ev.Captured(
+            client=c.client, challenge=c.challenge_id, kind=str(c.kind), images=ev.image_fields(c.images),
+            source=c.source, tip_y=c.tip_y, verify_id=c.verify_id,
+        ))
+        if flow is not None and self.scheduler.enabled:
             self._challenge_flows.setdefault(c.challenge_id, []).append(flow)
             if self.hold:
-                answer: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
+                answer: asyncio.Future[ev.Event] = asyncio.get_running_loop().create_future()
                 self._held[c.challenge_id] = self._held_flows[flow.id] = answer
-        self.solver.submit(c)
+        self.scheduler.submit(c)
 
-    def _on_final(self, event: Event) -> None:
-        if event["event"] == "solved":
-            _bump(self.newest_solved, event["client"], event["challenge"])
-        held = self._held.pop(event["challenge"], None)
+    def _on_event(self, event: ev.Event) -> None:
+        if not isinstance(event, ev.Solved | ev.Failed):
+            return
+        if isinstance(event, ev.Solved):
+            _bump(self.newest_solved, event.client, event.challenge)
+        held = self._held.pop(event.challenge, None)
         if held is not None and not held.done():
             held.set_result(event)
-        flows = self._challenge_flows.pop(event["challenge"], [])
+        flows = self._challenge_flows.pop(event.challenge, [])
         if flows:
-            summary = (f"answer {event['result']}" if event["event"] == "solved"
-                       else f"failed: {event.get('reason')}")
+            summary = (f"answer {event.result} ({event.service})" if isinstance(event, ev.Solved)
+                       else f"failed: {event.reason}")
             for f in flows:
                 f.comment = (f.comment + "; " if f.comment else "") + summary
             with contextlib.suppress(Exception):
@@ -392,6 +306,9 @@ class CaptchaCapture:
     async def done(self) -> None:
         if self._ticker is not None:
             self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+            self._ticker = None
         self._handle(self.assembler.flush(), None)
 
 
@@ -416,6 +333,6 @@ def _looks_like_image(response: http.Response) -> bool:
     return content_type.startswith("image/")
 
 
-def answer_header(event: Event) -> str:
-    return json.dumps(event, ensure_ascii=True, separators=(",", ":"))
+def answer_header(event: ev.Event) -> str:
+    return json.dumps(event.to_json(), ensure_ascii=True, separators=(",", ":"))
 

@@ -7,7 +7,7 @@ import bisect
 from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
 
-from addon.publish.events import FINAL, Event
+from addon.publish.events import Event
 
 MAX_EVENTS = 5_000
 """Events of all clients kept for /v1/events (a captured event with its images is about 2 KB)."""
@@ -46,23 +46,24 @@ class Board:
 
     def add(self, event: Event) -> None:
         self.events.append(event)
-        name = event["event"]
+        name = event.name
         self.counts[name] += 1
-        if name == "failed":
-            self.failed_reasons[event["reason"]] += 1
-        board = self._client(event["client"])
+        reason = getattr(event, "reason", None) if name == "failed" else None
+        if reason is not None:
+            self.failed_reasons[reason] += 1
+        board = self._client(event.client)
         board.counts[name] += 1
-        if name == "failed":
-            board.failed_reasons[event["reason"]] += 1
-        if name != "captured" and name not in FINAL:
-            return
+        if reason is not None:
+            board.failed_reasons[reason] += 1
         if name == "captured":
-            board.newest_captured = event["challenge"]
-        else:
+            board.newest_captured = event.challenge
+        elif event.final:
             board.finals.append(event)
-            board.finals_by_challenge[event["challenge"]] = event
+            board.finals_by_challenge[event.challenge] = event
             if len(board.finals_by_challenge) > MAX_FINALS_PER_CLIENT:
                 del board.finals_by_challenge[next(iter(board.finals_by_challenge))]
+        else:
+            return
         _wake(board)
 
     def client_counts(self, client: str) -> tuple[Counter[str], Counter[str]]:
@@ -78,7 +79,7 @@ class Board:
         if not board or not board.finals:
             return None
         finals = board.finals
-        i = bisect.bisect_right(finals, after, key=lambda e: e["seq"])
+        i = bisect.bisect_right(finals, after, key=lambda e: e.seq)
         return finals[i] if i < len(finals) else None
 
     def final_of_newest(self, client: str) -> Event | None:
@@ -87,10 +88,16 @@ class Board:
             return None
         return board.finals_by_challenge.get(board.newest_captured)
 
+    def since(self, after: int, client: str | None = None) -> list[Event]:
+        """Events with seq > after still held, oldest first (an event stream resuming from Last-Event-ID)."""
+        events = self.events
+        i = bisect.bisect_right(events, after, key=lambda e: e.seq)
+        return [e for e in list(events)[i:] if client is None or e.client == client]
+
     def newest(self, limit: int, client: str | None = None) -> list[Event]:
         out: list[Event] = []
         for event in reversed(self.events):
-            if client is None or event["client"] == client:
+            if client is None or event.client == client:
                 out.append(event)
                 if len(out) >= limit:
                     break

@@ -1,60 +1,173 @@
-"""Event records as the interface defines them, numbered and stamped by one EventLog per proxy run."""
+"""Typed events, the interface's shapes (`../shared/interface.md`), turned into JSON only at the outlets.
+
+Every event carries the envelope (`seq`, `run`, `time`, set by the bus when it is emitted, and `client`,
+`challenge`, `kind`); each class adds its own fields. `to_json()` gives the exact object the sidecar, the HTTP
+API and the held-response header carry, computed once per event.
+"""
 
 from __future__ import annotations
 
 import datetime
-import secrets
-from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
-from addon.capture.assemble import Captured, Expired, ImagePart
+from addon.capture.assemble import ImagePart
 from addon.capture.images import Role
+from addon.solving.base import Answer
 
-Event = dict[str, Any]
 FINAL = frozenset(("solved", "failed"))
 
 
-def image_fields(images: dict[Role, ImagePart]) -> dict[str, dict[str, Any]]:
-    return {
-        str(role): {"url": p.url, "sha256": p.sha256, "width": p.info.width, "height": p.info.height,
-                    "format": p.info.format}
-        for role, p in images.items()
-    }
+@dataclass(frozen=True, slots=True)
+class ImageFields:
+    url: str
+    sha256: str
+    width: int
+    height: int
+    format: str
+
+    @classmethod
+    def of(cls, part: ImagePart) -> ImageFields:
+        return cls(part.url, part.sha256, part.info.width, part.info.height, part.info.format)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"url": self.url, "sha256": self.sha256, "width": self.width, "height": self.height,
+                "format": self.format}
+
+
+def image_fields(images: dict[Role, ImagePart]) -> dict[str, ImageFields]:
+    return {str(role): ImageFields.of(part) for role, part in images.items()}
+
+
+@dataclass(slots=True, kw_only=True)
+class Event:
+    name: ClassVar[str] = ""
+    client: str
+    challenge: str
+    kind: str | None
+    seq: int = 0
+    run: str = ""
+    time: str = ""
+    _json: dict[str, Any] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def final(self) -> bool:
+        return self.name in FINAL
+
+    def to_json(self) -> dict[str, Any]:
+        """The interface's object; built once (after the bus stamped the event) and shared by every outlet."""
+        if self._json is None:
+            out: dict[str, Any] = {
+                "seq": self.seq, "run": self.run, "event": self.name, "time": self.time,
+                "client": self.client, "challenge": self.challenge, "kind": self.kind,
+            }
+            self._fields(out)
+            self._json = out
+        return self._json
+
+    def _fields(self, out: dict[str, Any]) -> None:
+        pass
+
+
+@dataclass(slots=True, kw_only=True)
+class Captured(Event):
+    name: ClassVar[str] = "captured"
+    images: dict[str, ImageFields]
+    source: str
+    tip_y: float | None = None
+    verify_id: str | None = None
+
+    def _fields(self, out: dict[str, Any]) -> None:
+        out["images"] = {role: part.to_json() for role, part in self.images.items()}
+        out["source"] = self.source
+        if self.kind == "slide" and self.tip_y is not None:
+            out["tip_y"] = self.tip_y
+        if self.verify_id:
+            out["verify_id"] = self.verify_id
+
+
+@dataclass(slots=True, kw_only=True)
+class Solving(Event):
+    name: ClassVar[str] = "solving"
+    service: str
+    job_id: str | int | None
+
+    def _fields(self, out: dict[str, Any]) -> None:
+        out["service"] = self.service
+        out["job_id"] = self.job_id
+
+
+@dataclass(slots=True, kw_only=True)
+class Solved(Event):
+    name: ClassVar[str] = "solved"
+    service: str
+    job_id: str | int | None
+    result: str
+    answer: Answer
+    elapsed_ms: int
+    confidence: float | None = None
+    tried: tuple[str, ...] = ()
+    cached: bool = False
+
+    def _fields(self, out: dict[str, Any]) -> None:
+        out["service"] = self.service
+        out["job_id"] = self.job_id
+        out["result"] = self.result
+        out["answer"] = self.answer.to_json()
+        out["elapsed_ms"] = self.elapsed_ms
+        if self.confidence is not None:
+            out["confidence"] = round(self.confidence, 4)
+        out["tried"] = list(self.tried)
+        if self.cached:
+            out["cached"] = True
+
+
+@dataclass(slots=True, kw_only=True)
+class Failed(Event):
+    name: ClassVar[str] = "failed"
+    reason: str
+    message: str
+    service: str | None = None
+    job_id: str | int | None = None
+    tried: tuple[str, ...] = ()
+
+    def _fields(self, out: dict[str, Any]) -> None:
+        if self.service is not None:
+            out["service"] = self.service
+            out["job_id"] = self.job_id
+        out["reason"] = self.reason
+        out["message"] = self.message
+        out["tried"] = list(self.tried)
+
+
+@dataclass(slots=True, kw_only=True)
+class Expired(Event):
+    name: ClassVar[str] = "expired"
+    images: dict[str, ImageFields]
+    reason: str
+
+    def _fields(self, out: dict[str, Any]) -> None:
+        out["images"] = {role: part.to_json() for role, part in self.images.items()}
+        out["reason"] = self.reason
+
+
+@dataclass(slots=True, kw_only=True)
+class Verified(Event):
+    name: ClassVar[str] = "verified"
+    accepted: bool
+    service: str | None = None
+    cached: bool = False
+
+    def _fields(self, out: dict[str, Any]) -> None:
+        out["accepted"] = self.accepted
+        if self.service is not None:
+            out["service"] = self.service
+            out["cached"] = self.cached
+
+
+FinalEvent = Solved | Failed
+EVENT_TYPES: dict[str, type[Event]] = {cls.name: cls for cls in (Captured, Solving, Solved, Failed, Expired, Verified)}
 
 
 def rfc3339_now() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-class EventLog:
-    """Numbers events and hands each to every subscriber (sidecar, board, log line, hold waiters) in order."""
-
-    def __init__(self, run: str | None = None):
-        self.run = run or secrets.token_hex(4)
-        self.seq = 0
-        self.subscribers: list[Callable[[Event], None]] = []
-
-    def emit(self, event: str, client: str, challenge: str, kind: str | None, **fields: Any) -> Event:
-        self.seq += 1
-        record: Event = {
-            "seq": self.seq, "run": self.run, "event": event, "time": rfc3339_now(),
-            "client": client, "challenge": challenge, "kind": kind,
-        }
-        record.update(fields)
-        for subscriber in self.subscribers:
-            subscriber(record)
-        return record
-
-    def captured(self, c: Captured) -> Event:
-        fields: dict[str, Any] = {"images": image_fields(c.images), "source": c.source}
-        if c.kind == "slide" and c.tip_y is not None:
-            fields["tip_y"] = c.tip_y
-        if c.verify_id:
-            fields["verify_id"] = c.verify_id
-        return self.emit("captured", c.client, c.challenge_id, str(c.kind), **fields)
-
-    def expired(self, e: Expired) -> Event:
-        return self.emit(
-            "expired", e.client, e.challenge_id, str(e.kind) if e.kind else None,
-            images=image_fields(e.images), reason=e.reason,
-        )

@@ -7,8 +7,8 @@ import json
 import logging
 import os
 from collections import deque
+from typing import Any
 
-from addon.publish.events import Event
 from addon.ratelimit import RateLimitedLog
 
 logger = logging.getLogger(__name__)
@@ -17,9 +17,9 @@ MAX_BACKLOG = 50_000
 """Lines kept in memory while the file cannot be written; beyond it the oldest are dropped (and counted)."""
 
 
-def encode(event: Event) -> bytes:
+def encode(record: dict[str, Any]) -> bytes:
     # A lone surrogate can only sit inside a JSON string, where backslashreplace turns it into a valid \\u escape.
-    return (json.dumps(event, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8", "backslashreplace")
+    return (json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8", "backslashreplace")
 
 
 class SidecarWriter:
@@ -32,11 +32,11 @@ class SidecarWriter:
         self._fd: int | None = None
         self._errors = RateLimitedLog(logger, interval=30.0)
 
-    def write(self, event: Event) -> None:
+    def write(self, record: dict[str, Any]) -> None:
         if len(self.backlog) >= MAX_BACKLOG:
             self.backlog.popleft()
             self.dropped += 1
-        self.backlog.append(encode(event))
+        self.backlog.append(encode(record))
         self.flush()
 
     def flush(self) -> bool:
@@ -79,8 +79,16 @@ class SidecarWriter:
             self._fd = None
 
     def close(self) -> None:
-        self.flush()
+        if not self.flush():
+            logger.error(f"captcha sidecar: {len(self.backlog)} event(s) could not be written to {self.path!r} "
+                         "before the proxy stopped; they are lost (the HTTP API had them)")
         self._close()
+
+
+def check_writable(path: str) -> None:
+    """Opens (creating) the file the way the writer will, or raises OSError saying why it cannot."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    os.close(fd)
 
 
 def _cut_partial_last_line(fd: int) -> None:

@@ -1,33 +1,29 @@
-"""Async client of omocaptcha's v1 job API (createJob, getJobResult, getBalance)."""
+"""omocaptcha's v1 job API (createJob, getJobResult, getBalance), as a solver behind the seam."""
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
+from addon.capture import images
+from addon.capture.assemble import Captured
+from addon.capture.images import Role
+from addon.capture.recognise import Kind
+from addon.solving.base import Job, RotateAnswer, SlideAnswer, Solution, SolveFailure, natural_width
+
 DEFAULT_URL = "https://omocaptcha.com/api"
 TYPE_ROTATE_WEB = "23"
 TYPE_SLIDE_WEB = "21"
 SERVICE = "omocaptcha-v1"
-
-
-class ServiceFailure(Exception):
-    """A call did not give a usable answer.
-
-    `reached` says whether the request may have reached the service (so a createJob may have been charged);
-    `transient` whether the fault is one of availability (refused, timed out, 5xx, 429, garbage) rather than an
-    answer about the job or the key.
-    """
-
-    def __init__(self, reason: str, message: str, *, reached: bool, transient: bool):
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
-        self.reached = reached
-        self.transient = transient
+CREATE_ATTEMPTS = 3
+POLL_FAULTS_FINAL = 3
+"""Answers about the job itself (not availability faults) that end the poll loop."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,31 +49,31 @@ class OmocaptchaClient:
                 self.base_url + call, content=body, headers={"Content-Type": "application/json"}
             )
         except (httpx.ConnectError, httpx.ConnectTimeout) as e:
-            raise ServiceFailure("api_error", f"{call}: cannot connect ({type(e).__name__})",
-                                 reached=False, transient=True) from None
+            raise SolveFailure("api_error", f"{call}: cannot connect ({type(e).__name__})",
+                               reached=False, transient=True) from None
         except httpx.TimeoutException as e:
-            raise ServiceFailure("api_error", f"{call}: no answer in time ({type(e).__name__})",
-                                 reached=True, transient=True) from None
+            raise SolveFailure("api_error", f"{call}: no answer in time ({type(e).__name__})",
+                               reached=True, transient=True) from None
         except httpx.HTTPError as e:
-            raise ServiceFailure("api_error", f"{call}: {type(e).__name__}: {self._redact(str(e))[:200]}",
-                                 reached=True, transient=True) from None
+            raise SolveFailure("api_error", f"{call}: {type(e).__name__}: {self._redact(str(e))[:200]}",
+                               reached=True, transient=True) from None
         if response.status_code == 429:
-            raise ServiceFailure("api_error", f"{call}: HTTP 429 (busy)", reached=False, transient=True)
+            raise SolveFailure("api_error", f"{call}: HTTP 429 (busy)", reached=False, transient=True)
         if response.status_code != 200:
-            raise ServiceFailure("api_error", f"{call}: HTTP {response.status_code}",
-                                 reached=True, transient=response.status_code >= 500)
+            raise SolveFailure("api_error", f"{call}: HTTP {response.status_code}",
+                               reached=True, transient=response.status_code >= 500)
         try:
             doc = json.loads(response.content)
         except ValueError:
-            raise ServiceFailure("api_error", f"{call}: answer is not JSON", reached=True, transient=True) from None
+            raise SolveFailure("api_error", f"{call}: answer is not JSON", reached=True, transient=True) from None
         if not isinstance(doc, dict):
-            raise ServiceFailure("api_error", f"{call}: answer is not a JSON object", reached=True, transient=True)
+            raise SolveFailure("api_error", f"{call}: answer is not a JSON object", reached=True, transient=True)
         if doc.get("error") is True:
             message = doc.get("message")
             text = self._redact(message)[:200] if isinstance(message, str) else "error without a message"
             if "token" in text.lower() or "key" in text.lower():
-                raise ServiceFailure("invalid_key", f"{call}: {text}", reached=True, transient=False)
-            raise ServiceFailure("api_error", f"{call}: {text}", reached=True, transient=False)
+                raise SolveFailure("invalid_key", f"{call}: {text}", reached=True, transient=False)
+            raise SolveFailure("api_error", f"{call}: {text}", reached=True, transient=False)
         return doc
 
     async def create_job(self, type_job_id: str, image_base64: str, width_view: int | None = None) -> int:
@@ -90,8 +86,8 @@ class OmocaptchaClient:
             job_id = int(job_id)
         if doc.get("error") is not False or not isinstance(job_id, int) or isinstance(job_id, bool):
             keys = ", ".join(sorted(str(k) for k in doc)[:8])
-            raise ServiceFailure("api_error", f"createJob: unexpected answer with fields {keys}",
-                                 reached=True, transient=False)
+            raise SolveFailure("api_error", f"createJob: unexpected answer with fields {keys}",
+                               reached=True, transient=False)
         return job_id
 
     async def job_result(self, job_id: int) -> JobStatus:
@@ -109,3 +105,100 @@ class OmocaptchaClient:
         doc = await self._post("getBalance", {})
         balance = doc.get("balance")
         return str(balance) if isinstance(balance, str | int | float) else "unknown"
+
+
+class OmocaptchaV1Solver:
+    """createJob once (retried only when it provably never reached the service), then getJobResult until final."""
+
+    name = SERVICE
+    paid = True
+
+    def __init__(self, base_url: str, key: str, http: httpx.AsyncClient):
+        self.client = OmocaptchaClient(base_url, key, http)
+
+    async def check(self) -> str | None:
+        return await self.client.balance()
+
+    async def close(self) -> None:
+        pass
+
+    async def solve(self, challenge: Captured, job: Job) -> Solution:
+        type_job_id, payload, width_view = await asyncio.to_thread(job_payload, challenge, job.width_view)
+        job_id = await self._create(job, type_job_id, payload, width_view)
+        job.started(job_id)
+        poll_faults = 0
+        while True:
+            await asyncio.sleep(job.poll_s)
+            try:
+                status = await self.client.job_result(job_id)
+            except SolveFailure as f:
+                if f.reason == "invalid_key":
+                    raise
+                if f.transient:
+                    job.service_fault(f)
+                else:
+                    poll_faults += 1
+                    if poll_faults >= POLL_FAULTS_FINAL:
+                        raise
+                continue
+            job.service_ok()
+            poll_faults = 0
+            if status.state == "running":
+                continue
+            if status.state == "fail" or status.result is None:
+                raise SolveFailure("unsolvable", "omocaptcha could not solve this challenge" if status.state == "fail"
+                                   else "omocaptcha reported success without a result")
+            return Solution(status.result, answer_of(challenge, status.result, job.width_view))
+
+    async def _create(self, job: Job, type_job_id: str, payload: str, width_view: int | None) -> int:
+        backoff = 1.0
+        for attempt in range(1, CREATE_ATTEMPTS + 1):
+            try:
+                job.job_sent()
+                job_id = await self.client.create_job(type_job_id, payload, width_view)
+            except SolveFailure as f:
+                if not f.reached:
+                    job.job_not_sent()
+                if f.transient:
+                    job.service_fault(f)
+                # Only a request that provably never reached the service is safe to repeat: another could charge twice.
+                if f.reached or not f.transient or attempt == CREATE_ATTEMPTS:
+                    raise
+                await asyncio.sleep(backoff)
+                backoff *= 2
+                continue
+            job.service_ok()
+            return job_id
+        raise AssertionError("unreachable")
+
+
+def job_payload(c: Captured, width_view: int) -> tuple[str, str, int | None]:
+    """Checks the images are whole (a truncated body fails here, not at the service) and builds the job."""
+    if c.kind is Kind.ROTATE:
+        inner, outer = c.images.get(Role.INNER), c.images.get(Role.OUTER)
+        if inner is None or outer is None:
+            raise images.BadImage("rotate challenge without both inner and outer images")
+        images.check_complete(inner.body, inner.info)
+        images.check_complete(outer.body, outer.info)
+        return TYPE_ROTATE_WEB, b64(inner.body) + "|" + b64(outer.body), None
+    background = c.images.get(Role.BACKGROUND)
+    if background is None:
+        raise images.BadImage("slide challenge without its background image")
+    images.check_complete(background.body, background.info)
+    return TYPE_SLIDE_WEB, b64(background.body), width_view
+
+
+def b64(body: bytes) -> str:
+    return base64.b64encode(body).decode("ascii")
+
+
+def answer_of(c: Captured, result: str, width_view: int) -> RotateAnswer | SlideAnswer:
+    try:
+        value = float(result.strip())
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise SolveFailure("api_error", "omocaptcha's result is not a number")
+    if c.kind is Kind.ROTATE:
+        return RotateAnswer.from_value(value)
+    return SlideAnswer.from_view(value, natural_width(c), width_view)

@@ -1,338 +1,448 @@
-"""One async job per captured challenge against omocaptcha: bounded, deadlined, and always ending in one final event."""
+"""Runs every captured challenge through the chain of solvers: slots, one deadline, a breaker per paid service,
+an answer cache, and exactly one final event (`solved` or `failed`) per challenge, whatever the solvers do."""
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import logging
-import math
 import time
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
-
-import httpx
 
 from addon.capture import images
 from addon.capture.assemble import Captured
-from addon.capture.images import Role
-from addon.capture.recognise import Kind
-from addon.publish.events import Event, EventLog
+from addon.publish import events as ev
+from addon.publish.bus import EventBus
 from addon.ratelimit import RateLimitedLog
-from addon.solving.omocaptcha_v1 import SERVICE, TYPE_ROTATE_WEB, TYPE_SLIDE_WEB, OmocaptchaClient, ServiceFailure
+from addon.solving.base import Solution, SolveFailure, Solver
+from addon.solving.cache import AnswerCache, image_key
+from addon.solving.health import ServiceHealth
 
 logger = logging.getLogger(__name__)
 
-BREAKER_THRESHOLD = 5
-"""Consecutive availability faults after which the service counts as down."""
-BREAKER_COOLDOWN = 10.0
-"""Seconds new challenges fail fast while the service is down, before one is let through to probe it."""
-CREATE_ATTEMPTS = 3
 KEY_RECHECK = 30.0
+"""Seconds between checks of a refused key, while challenges keep coming."""
+BALANCE_EVERY = 300.0
+MONITOR_TICK = 1.0
+MAX_ANSWERED = 20_000
+ADAPTIVE_WINDOW = 50
+ADAPTIVE_MIN_VERDICTS = 10
 
 
 @dataclass(frozen=True, slots=True)
-class SolverConfig:
-    key: str
-    url: str
+class SchedulerConfig:
+    solvers: tuple[Solver, ...] = ()
     width_view: int = 340
     poll_s: float = 2.0
     timeout_s: float = 120.0
     max_jobs: int = 32
     max_waiting: int = 512
+    local_confidence: float = 0.5
+    """0..1: a solver's answer below it goes to the next solver of the chain (when there is one)."""
+    cache_size: int = 10_000
+    cache_ttl: float = 6 * 3600.0
+    low_balance: float = 0.0
+    adaptive: bool = False
+    adaptive_share: float = 0.5
+
+    @property
+    def chain(self) -> tuple[str, ...]:
+        return tuple(s.name for s in self.solvers)
 
 
 @dataclass(slots=True)
-class _Job:
+class ServiceState:
+    """What the scheduler knows of one paid service: its key, its health, its balance, its jobs."""
+
+    solver: Solver
+    health: ServiceHealth = field(default_factory=ServiceHealth)
+    key_state: str = "unchecked"
+    balance: str | None = None
+    checked_at: float = float("-inf")
+    wanted_at: float = float("-inf")
+    jobs_sent: Counter[str] = field(default_factory=Counter)
+    """Paid jobs created (or that may have been), by kind."""
+    monitor: asyncio.Task[None] | None = None
+    warned_low: bool = False
+
+
+@dataclass(slots=True)
+class _Run:
     captured: Captured
     started: float
     deadline: float
+    key: str
     task: asyncio.Task[None] | None = None
-    job_id: int | None = None
+    tried: list[str] = field(default_factory=list)
+    service: str | None = None
+    job_id: str | int | None = None
 
 
-class Breaker:
-    """Counts availability faults in a row; while open, new work fails fast instead of piling up."""
-
-    def __init__(self, threshold: int = BREAKER_THRESHOLD, cooldown: float = BREAKER_COOLDOWN):
-        self.threshold = threshold
-        self.cooldown = cooldown
-        self.faults = 0
-        self.open_until = 0.0
-
-    def is_open(self, now: float) -> bool:
-        return self.faults >= self.threshold and now < self.open_until
-
-    def fault(self, now: float) -> None:
-        self.faults += 1
-        if self.faults >= self.threshold:
-            self.open_until = now + self.cooldown
-
-    def ok(self) -> None:
-        self.faults = 0
-        self.open_until = 0.0
+@dataclass(frozen=True, slots=True)
+class Answered:
+    client: str
+    kind: str
+    service: str
+    cached: bool
+    key: str
 
 
-class Solver:
-    def __init__(self, log: EventLog, clock: Callable[[], float] = time.monotonic):
-        self.log = log
+class _Attempt:
+    """The `Job` one solver gets for one challenge."""
+
+    def __init__(self, scheduler: Scheduler, run: _Run, solver: Solver, config: SchedulerConfig):
+        self._scheduler = scheduler
+        self._run = run
+        self._solver = solver
+        self._state = scheduler.services.get(solver.name)
+        self.width_view = config.width_view
+        self.poll_s = config.poll_s
+
+    def started(self, job_id: str | int | None) -> None:
+        self._run.service, self._run.job_id = self._solver.name, job_id
+        c = self._run.captured
+        self._scheduler.bus.emit(ev.Solving(client=c.client, challenge=c.challenge_id, kind=str(c.kind),
+                                            service=self._solver.name, job_id=job_id))
+
+    def service_ok(self) -> None:
+        if self._state is not None:
+            self._state.health.ok(self._scheduler.clock())
+
+    def service_fault(self, failure: SolveFailure) -> None:
+        if self._state is not None:
+            self._state.health.fault()
+
+    def job_sent(self) -> None:
+        if self._state is not None:
+            self._state.jobs_sent[str(self._run.captured.kind)] += 1
+
+    def job_not_sent(self) -> None:
+        if self._state is not None:
+            self._state.jobs_sent[str(self._run.captured.kind)] -= 1
+
+
+class Scheduler:
+    def __init__(self, bus: EventBus, clock: Callable[[], float] = time.monotonic):
+        self.bus = bus
         self.clock = clock
-        self.config: SolverConfig | None = None
-        self.key_state = "none"
-        self.jobs_sent = 0
-        self.breaker = Breaker()
-        self._jobs: dict[str, _Job] = {}
-        self._slots: asyncio.Semaphore | None = None
-        self._http: httpx.AsyncClient | None = None
-        self._client: OmocaptchaClient | None = None
-        self._key_checked_at = 0.0
-        self._key_task: asyncio.Task[None] | None = None
+        self.config = SchedulerConfig()
+        self.services: dict[str, ServiceState] = {}
+        self.cache = AnswerCache(clock=clock)
+        self.answered: OrderedDict[str, Answered] = OrderedDict()
+        self.verdicts: dict[tuple[str, str], deque[bool]] = {}
+        self._demoted: set[tuple[str, str]] = set()
+        self._runs: dict[str, _Run] = {}
+        self._slots = asyncio.Semaphore(self.config.max_jobs)
         self._errors = RateLimitedLog(logger)
-        self._final_listeners: list[Callable[[Event], None]] = []
 
     @property
     def enabled(self) -> bool:
-        return self.config is not None and bool(self.config.key)
+        return bool(self.config.solvers)
 
     @property
     def in_flight(self) -> int:
-        return len(self._jobs)
+        return len(self._runs)
 
     @property
     def waiting(self) -> int:
         """Challenges beyond the job slots: what captcha_max_waiting bounds."""
-        slots = self.config.max_jobs if self.config else 0
-        return max(0, len(self._jobs) - slots)
+        return max(0, len(self._runs) - self.config.max_jobs)
+
+    @property
+    def jobs_sent(self) -> int:
+        return sum(s.jobs_sent.total() for s in self.services.values())
+
+    @property
+    def key_state(self) -> str:
+        """`none` without a paid service, else the key state of the first paid service of the chain."""
+        for solver in self.config.solvers:
+            if solver.paid:
+                return self.services[solver.name].key_state
+        return "none"
 
     def in_flight_of(self, client: str) -> int:
-        return sum(1 for job in self._jobs.values() if job.captured.client == client)
+        return sum(1 for run in self._runs.values() if run.captured.client == client)
 
-    def configure(self, config: SolverConfig) -> None:
+    def configure(self, config: SchedulerConfig) -> None:
+        """Takes a new chain and settings; solvers whose object changed are closed and their state renewed."""
         old = self.config
         self.config = config
-        if old is None or old.max_jobs != config.max_jobs or self._slots is None:
+        if old.max_jobs != config.max_jobs:
             self._slots = asyncio.Semaphore(config.max_jobs)
-        if old is None or (old.key, old.url) != (config.key, config.url):
-            self._client = None
-            self.key_state = "unchecked" if config.key else "none"
-            self.breaker.ok()
-            if config.key:
-                self._schedule_key_check(announce=True)
-            else:
-                logger.info("captcha: no omocaptcha key set (omocaptcha_key / OMOCAPTCHA_KEY): capturing only")
+        if (old.cache_size, old.cache_ttl) != (config.cache_size, config.cache_ttl):
+            self.cache.max_entries, self.cache.ttl = config.cache_size, config.cache_ttl
+        keep = {s.name: s for s in config.solvers}
+        for name, state in list(self.services.items()):
+            if keep.get(name) is not state.solver:
+                self._drop_service(name)
+        for solver in config.solvers:
+            if solver.paid and solver.name not in self.services:
+                self.services[solver.name] = ServiceState(solver)
+                self._start_monitor(self.services[solver.name])
+        if old.chain != config.chain:
+            names = ", ".join(config.chain) or "none (capture only)"
+            logger.info(f"captcha: solvers: {names}")
 
-    def _ensure_client(self) -> OmocaptchaClient:
-        assert self.config is not None
-        if self._http is None:
-            slots = self.config.max_jobs
-            self._http = httpx.AsyncClient(
-                timeout=httpx.Timeout(connect=5.0, read=20.0, write=20.0, pool=10.0),
-                # A job has at most one request out, so one connection per job slot; few are kept idle because
-                # httpcore checks every idle connection each time it places a request.
-                limits=httpx.Limits(max_connections=slots, max_keepalive_connections=min(slots, 8)),
-                trust_env=False,
-            )
-        if self._client is None:
-            self._client = OmocaptchaClient(self.config.url, self.config.key, self._http)
-        return self._client
+    def _drop_service(self, name: str) -> None:
+        state = self.services.pop(name)
+        if state.monitor is not None:
+            state.monitor.cancel()
+        with contextlib.suppress(RuntimeError):
+            asyncio.get_running_loop().create_task(state.solver.close(), name=f"captcha-close-{name}")
 
-    def _schedule_key_check(self, announce: bool) -> None:
+    # --- paid services: key, balance, breaker probes -------------------------------------------------------
+
+    def _start_monitor(self, state: ServiceState) -> None:
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
-            return
-        if self._key_task is None or self._key_task.done():
-            self._key_task = loop.create_task(self._check_key(announce))
+            return  # configured before the loop runs: `running()` starts it
+        state.monitor = loop.create_task(self._monitor(state), name=f"captcha-monitor-{state.solver.name}")
 
-    async def _check_key(self, announce: bool) -> None:
-        self._key_checked_at = self.clock()
+    def start(self) -> None:
+        """Starts the monitors of services configured before the event loop was running."""
+        for state in self.services.values():
+            if state.monitor is None:
+                self._start_monitor(state)
+
+    async def _monitor(self, state: ServiceState) -> None:
+        """Checks the key at start, reads the balance every few minutes, and probes a service that is down."""
+        await self._check(state, announce=True)
+        while True:
+            await asyncio.sleep(MONITOR_TICK)
+            now = self.clock()
+            since = now - state.checked_at
+            if (state.health.is_down(now) and since >= state.health.probe_s) or since >= BALANCE_EVERY or (
+                    state.key_state == "invalid" and since >= KEY_RECHECK and state.wanted_at > state.checked_at):
+                await self._check(state, announce=False)
+
+    async def _check(self, state: ServiceState, announce: bool) -> None:
+        name = state.solver.name
+        state.checked_at = self.clock()
         try:
-            balance = await self._ensure_client().balance()
-        except ServiceFailure as f:
+            balance = await state.solver.check()
+        except SolveFailure as f:
             if f.reason == "invalid_key":
-                if self.key_state != "invalid" or announce:
-                    logger.error("captcha: the omocaptcha key was refused (%s); capturing only, captured "
-                                 "challenges fail as invalid_key", f.message)
-                self.key_state = "invalid"
+                state.health.probed(self.clock(), up=True)
+                if state.key_state != "invalid" or announce:
+                    logger.error(f"captcha: the {name} key was refused ({f.message}); its challenges fail as "
+                                 "invalid_key (or go to the next solver)")
+                state.key_state = "invalid"
             else:
-                logger.warning("captcha: could not check the omocaptcha key (%s); solving anyway", f.message)
-                if self.key_state != "invalid":
-                    self.key_state = "unchecked"
+                state.health.probed(self.clock(), up=False)
+                if announce:
+                    logger.warning(f"captcha: could not check the {name} key ({f.message}); solving anyway")
             return
-        except Exception as e:  # never let a start-up check kill the proxy
-            logger.warning("captcha: key check failed: %s", type(e).__name__)
+        except Exception as e:  # a check must never take the proxy down
+            state.health.probed(self.clock(), up=False)
+            logger.warning(f"captcha: checking {name} failed: {type(e).__name__}")
             return
-        if self.key_state == "invalid":
-            logger.info("captcha: the omocaptcha key is accepted again; solving resumes")
-        self.key_state = "valid"
+        state.health.probed(self.clock(), up=True)
+        if state.key_state == "invalid":
+            logger.info(f"captcha: the {name} key is accepted again; solving resumes")
+        state.key_state = "valid"
+        state.balance = balance
         if announce:
-            logger.info("captcha: omocaptcha key accepted, balance %s USD; solving captured challenges", balance)
+            logger.info(f"captcha: {name} key accepted, balance {balance} USD")
+        self._watch_balance(state)
 
-    def add_final_listener(self, listener: Callable[[Event], None]) -> None:
-        self._final_listeners.append(listener)
+    def _watch_balance(self, state: ServiceState) -> None:
+        try:
+            low = float(state.balance or "nan") < self.config.low_balance
+        except ValueError:
+            return
+        if low and not state.warned_low:
+            logger.warning(f"captcha: {state.solver.name} balance is low: {state.balance} USD "
+                           f"(captcha_low_balance={self.config.low_balance:g})")
+        state.warned_low = low
+
+    # --- challenges ----------------------------------------------------------------------------------------
 
     def submit(self, captured: Captured) -> None:
         """Starts solving a challenge that has just been captured; returns at once."""
         config = self.config
-        if config is None or not config.key or captured.challenge_id in self._jobs:
+        if not config.solvers or captured.challenge_id in self._runs:
             return
         now = self.clock()
-        job = _Job(captured, now, now + config.timeout_s)
-        self._jobs[captured.challenge_id] = job
-        if self.key_state == "invalid":
-            if now - self._key_checked_at > KEY_RECHECK:
-                self._schedule_key_check(announce=False)
-            self._finish(job, "failed", reason="invalid_key", message="the omocaptcha key was refused")
+        run = _Run(captured, now, now + config.timeout_s, image_key(captured))
+        self._runs[captured.challenge_id] = run
+        if len(self._runs) > config.max_jobs + config.max_waiting:
+            self._finish_failed(run, "overloaded",
+                                f"more than {config.max_waiting} challenges already wait for a job slot")
             return
-        if self.breaker.is_open(now):
-            self._finish(job, "failed", reason="api_error",
-                         message="omocaptcha is unreachable; failing fast until it answers again")
-            return
-        if len(self._jobs) > config.max_jobs + config.max_waiting:
-            self._finish(job, "failed", reason="overloaded",
-                         message=f"more than {config.max_waiting} challenges already wait for a job slot")
-            return
-        job.task = asyncio.get_running_loop().create_task(self._run(job, config))
+        run.task = asyncio.get_running_loop().create_task(
+            self._work(run, config), name=f"captcha-solve-{captured.challenge_id[:16]}")
 
-    def _finish(self, job: _Job, event: str, **fields: Any) -> Event | None:
-        if self._jobs.pop(job.captured.challenge_id, None) is None:
-            return None
-        c = job.captured
-        if job.job_id is not None:
-            fields = {"service": SERVICE, "job_id": job.job_id, **fields}
-        record = self.log.emit(event, c.client, c.challenge_id, str(c.kind), **fields)
-        for listener in self._final_listeners:
-            listener(record)
-        return record
-
-    async def _run(self, job: _Job, config: SolverConfig) -> None:
+    async def _work(self, run: _Run, config: SchedulerConfig) -> None:
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + (job.deadline - self.clock())
+        deadline = loop.time() + (run.deadline - self.clock())
         try:
             async with asyncio.timeout_at(deadline):
-                assert self._slots is not None
-                async with self._slots:
-                    if self.breaker.is_open(self.clock()):
-                        raise ServiceFailure("api_error", "omocaptcha is unreachable; failing fast",
-                                             reached=False, transient=False)
-                    await self._solve(job, config)
+                await self._chain(run, config)
         except TimeoutError:
-            self._finish(job, "failed", reason="timeout",
-                         message=f"no final answer within captcha_timeout ({config.timeout_s:g}s)")
-        except ServiceFailure as f:
-            if f.reason == "invalid_key":
-                self.key_state = "invalid"
-                self._key_checked_at = self.clock()
-            self._finish(job, "failed", reason=f.reason, message=f.message)
-        except images.BadImage as e:
-            self._finish(job, "failed", reason="bad_image", message=str(e))
+            self._finish_failed(run, "timeout", f"no final answer within captcha_timeout ({config.timeout_s:g}s)")
         except asyncio.CancelledError:
             raise
         except Exception as e:
-            logger.exception("captcha: solving %s failed unexpectedly", job.captured.challenge_id)
-            self._finish(job, "failed", reason="api_error", message=f"internal error: {type(e).__name__}")
+            logger.exception("captcha: solving %s failed unexpectedly", run.captured.challenge_id)
+            self._finish_failed(run, "api_error", f"internal error: {type(e).__name__}")
 
-    async def _solve(self, job: _Job, config: SolverConfig) -> None:
-        c = job.captured
-        type_job_id, payload, width_view = await asyncio.to_thread(_job_payload, c, config.width_view)
-        client = self._ensure_client()
-        job.job_id = await self._create(client, type_job_id, payload, width_view)
-        self.log.emit("solving", c.client, c.challenge_id, str(c.kind), service=SERVICE, job_id=job.job_id)
-        poll_faults = 0
-        while True:
-            await asyncio.sleep(config.poll_s)
-            try:
-                status = await client.job_result(job.job_id)
-            except ServiceFailure as f:
-                if f.reason == "invalid_key":
-                    raise
-                if f.transient:
-                    self.breaker.fault(self.clock())
-                poll_faults += 1
-                self._errors.warning("poll", f"captcha: polling omocaptcha failed ({f.message}); asking again")
-                if not f.transient and poll_faults >= 3:
-                    raise
-                continue
-            self.breaker.ok()
-            poll_faults = 0
-            if status.state == "running":
-                continue
-            if status.state == "fail" or status.result is None:
-                raise ServiceFailure("unsolvable", "omocaptcha could not solve this challenge" if status.state == "fail"
-                                     else "omocaptcha reported success without a result",
-                                     reached=True, transient=False)
-            answer = _answer(c, status.result, config.width_view)
-            elapsed_ms = round((self.clock() - job.started) * 1000)
-            self._finish(job, "solved", result=status.result, answer=answer, elapsed_ms=elapsed_ms)
+    def chain_for(self, run: _Run) -> list[Solver]:
+        """The configured chain, less services the site proved wrong on these images, with demoted ones moved back
+        one place for this kind."""
+        wrong = self.cache.wrong_services(run.key)
+        chain = [s for s in self.config.solvers if s.name not in wrong] or list(self.config.solvers)
+        kind = str(run.captured.kind)
+        for i in range(len(chain) - 2, -1, -1):
+            if (chain[i].name, kind) in self._demoted:
+                chain[i], chain[i + 1] = chain[i + 1], chain[i]
+        return chain
+
+    async def _chain(self, run: _Run, config: SchedulerConfig) -> None:
+        cached = self.cache.get(run.key)
+        if cached is not None and cached.service not in self.cache.wrong_services(run.key):
+            self._finish_solved(run, cached.service, None, cached.solution, cached=True)
             return
-
-    async def _create(self, client: OmocaptchaClient, type_job_id: str, payload: str, width_view: int | None) -> int:
-        backoff = 1.0
-        for attempt in range(1, CREATE_ATTEMPTS + 1):
+        chain = self.chain_for(run)
+        unsure: tuple[Solver, Solution, str | int | None] | None = None
+        failure = SolveFailure("api_error", "no solver could take the challenge")
+        for i, solver in enumerate(chain):
+            last = i == len(chain) - 1
+            state = self.services.get(solver.name)
+            if state is not None:
+                refusal = await self._refusal(state, last)
+                if refusal is not None:
+                    failure = refusal
+                    continue
             try:
-                self.jobs_sent += 1
-                job_id = await client.create_job(type_job_id, payload, width_view)
-            except ServiceFailure as f:
-                if not f.reached:
-                    self.jobs_sent -= 1
-                if f.transient:
-                    self.breaker.fault(self.clock())
-                # Only a request that provably never reached the service is safe to repeat: another could charge twice.
-                if f.reached or not f.transient or attempt == CREATE_ATTEMPTS or self.breaker.is_open(self.clock()):
-                    raise
-                await asyncio.sleep(backoff)
-                backoff *= 2
+                async with self._slots:
+                    run.tried.append(solver.name)
+                    run.service, run.job_id = solver.name, None
+                    solution = await solver.solve(run.captured, _Attempt(self, run, solver, config))
+            except images.BadImage as e:
+                # An image no solver can use: nothing further down the chain would do better.
+                self._finish_failed(run, "bad_image", str(e)[:300])
+                return
+            except SolveFailure as f:
+                if f.reason == "invalid_key" and state is not None:
+                    state.key_state, state.checked_at = "invalid", self.clock()
+                if f.reason == "bad_image":
+                    self._finish_failed(run, "bad_image", f.message)
+                    return
+                failure = f
                 continue
-            self.breaker.ok()
-            return job_id
-        raise AssertionError("unreachable")
+            if solution.confidence is not None and solution.confidence < config.local_confidence and not last:
+                if unsure is None or solution.confidence > (unsure[1].confidence or 0.0):
+                    unsure = (solver, solution, run.job_id)
+                continue
+            self._finish_solved(run, solver.name, run.job_id, solution)
+            return
+        if unsure is not None:
+            self._finish_solved(run, unsure[0].name, unsure[2], unsure[1])
+            return
+        self._finish_failed(run, failure.reason, failure.message)
+
+    async def _refusal(self, state: ServiceState, last: bool) -> SolveFailure | None:
+        """Why a paid service cannot take a challenge now, or None when it can. When it is down and no solver
+        follows, the challenge waits for the next probe's verdict (inside its deadline) instead of failing at once."""
+        name = state.solver.name
+        now = self.clock()
+        state.wanted_at = now
+        if state.key_state == "invalid":
+            return SolveFailure("invalid_key", f"the {name} key was refused")
+        if not state.health.is_down(now):
+            return None
+        if not last:
+            return SolveFailure("api_error", f"{name} is unreachable")
+        await state.health.next_verdict()
+        if state.health.is_down(self.clock()):
+            return SolveFailure("api_error", f"{name} is unreachable; failing fast until it answers again")
+        return None
+
+    def _finish_solved(self, run: _Run, service: str, job_id: str | int | None, solution: Solution,
+                       cached: bool = False) -> None:
+        if self._runs.pop(run.captured.challenge_id, None) is None:
+            return
+        c = run.captured
+        if not cached:
+            self.cache.put(run.key, service, solution)
+        self.answered[c.challenge_id] = Answered(c.client, str(c.kind), service, cached, run.key)
+        if len(self.answered) > MAX_ANSWERED:
+            self.answered.popitem(last=False)
+        self.bus.emit(ev.Solved(
+            client=c.client, challenge=c.challenge_id, kind=str(c.kind), service=service, job_id=job_id,
+            result=solution.result, answer=solution.answer, elapsed_ms=round((self.clock() - run.started) * 1000),
+            confidence=solution.confidence, tried=tuple(run.tried), cached=cached,
+        ))
+
+    def _finish_failed(self, run: _Run, reason: str, message: str) -> None:
+        if self._runs.pop(run.captured.challenge_id, None) is None:
+            return
+        c = run.captured
+        self.bus.emit(ev.Failed(
+            client=c.client, challenge=c.challenge_id, kind=str(c.kind), reason=reason, message=message,
+            service=run.service, job_id=run.job_id if run.service else None, tried=tuple(run.tried),
+        ))
+
+    # --- the site's verdicts -------------------------------------------------------------------------------
+
+    def verdict(self, challenge_id: str, accepted: bool) -> Answered | None:
+        """The site judged the answer of `challenge_id`: a rejected answer leaves the cache and its service is not
+        asked again for those images; with `adaptive`, a service whose recent acceptance falls under the share
+        moves behind the next one for that kind."""
+        answered = self.answered.get(challenge_id)
+        if answered is None:
+            return None
+        if not accepted:
+            self.cache.rejected(answered.key, answered.service)
+        if self.config.adaptive and not answered.cached:
+            self._track(answered.service, answered.kind, accepted)
+        return answered
+
+    def _track(self, service: str, kind: str, accepted: bool) -> None:
+        window = self.verdicts.setdefault((service, kind), deque(maxlen=ADAPTIVE_WINDOW))
+        window.append(accepted)
+        if len(window) < ADAPTIVE_MIN_VERDICTS:
+            return
+        share = sum(window) / len(window)
+        key = (service, kind)
+        if share < self.config.adaptive_share and key not in self._demoted:
+            self._demoted.add(key)
+            logger.warning(f"captcha: {service} was accepted for {share:.0%} of its last {len(window)} {kind} "
+                           f"answers; moving it behind the next solver for {kind}")
+        elif share >= self.config.adaptive_share and key in self._demoted:
+            self._demoted.discard(key)
+            logger.info(f"captcha: {service} is accepted for {share:.0%} of {kind} answers again; back in its place")
+
+    # --- stats and shutdown --------------------------------------------------------------------------------
+
+    def service_stats(self) -> dict[str, dict[str, Any]]:
+        return {
+            name: {"state": s.key_state, "balance": s.balance, "jobs_sent": s.jobs_sent.total(),
+                   "down": s.health.is_down(self.clock())}
+            for name, s in self.services.items()
+        }
+
+    def jobs_sent_by_kind(self) -> dict[str, dict[str, int]]:
+        return {name: dict(s.jobs_sent) for name, s in self.services.items()}
 
     async def shutdown(self) -> None:
-        """Ends every challenge still in flight as failed/shutdown, then closes the HTTP client."""
-        for job in list(self._jobs.values()):
-            self._finish(job, "failed", reason="shutdown", message="the proxy stopped before an answer came")
-            if job.task is not None:
-                job.task.cancel()
-        if self._key_task is not None:
-            self._key_task.cancel()
-        if self._http is not None:
-            http, self._http, self._client = self._http, None, None
+        """Ends every challenge still in flight as failed/shutdown, then stops the monitors and closes the solvers."""
+        tasks = []
+        for run in list(self._runs.values()):
+            self._finish_failed(run, "shutdown", "the proxy stopped before an answer came")
+            if run.task is not None:
+                run.task.cancel()
+                tasks.append(run.task)
+        for state in self.services.values():
+            if state.monitor is not None:
+                state.monitor.cancel()
+                tasks.append(state.monitor)
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for solver in self.config.solvers:
             with contextlib.suppress(Exception):
-                await http.aclose()
+                await solver.close()
 
-
-
-def _job_payload(c: Captured, width_view: int) -> tuple[str, str, int | None]:
-    """Checks the images are whole (a truncated body fails here, not at the service) and builds the job."""
-    if c.kind is Kind.ROTATE:
-        inner, outer = c.images.get(Role.INNER), c.images.get(Role.OUTER)
-        if inner is None or outer is None:
-            raise images.BadImage("rotate challenge without both inner and outer images")
-        images.check_complete(inner.body, inner.info)
-        images.check_complete(outer.body, outer.info)
-        return TYPE_ROTATE_WEB, _b64(inner.body) + "|" + _b64(outer.body), None
-    background = c.images.get(Role.BACKGROUND)
-    if background is None:
-        raise images.BadImage("slide challenge without its background image")
-    images.check_complete(background.body, background.info)
-    return TYPE_SLIDE_WEB, _b64(background.body), width_view
-
-
-def _b64(body: bytes) -> str:
-    return base64.b64encode(body).decode("ascii")
-
-
-def _answer(c: Captured, result: str, width_view: int) -> dict[str, Any]:
-    try:
-        value = float(result.strip())
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value):
-        raise ServiceFailure("api_error", "omocaptcha's result is not a number", reached=True, transient=False)
-    if c.kind is Kind.ROTATE:
-        return {"value": value}
-    natural = c.images[Role.BACKGROUND].info.width if Role.BACKGROUND in c.images else 552
-    return {
-        "x": value, "width_view": width_view, "fraction": value / width_view, "x_natural": value * natural / width_view,
-    }

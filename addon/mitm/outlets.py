@@ -1,0 +1,78 @@
+"""`CaptchaEvents`: the outlets every event goes to: the board behind the HTTP API, log lines, the sidecar file."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from mitmproxy import ctx, exceptions
+
+from addon.publish.board import Board
+from addon.publish.bus import EventBus, QueuedOutlet
+from addon.publish.events import Event
+from addon.publish.logline import log_event
+from addon.publish.sidecar import SidecarWriter, check_writable
+
+logger = logging.getLogger(__name__)
+
+
+class CaptchaEvents:
+    def __init__(self, bus: EventBus, board: Board):
+        self.bus = bus
+        self.board = board
+        self.sidecar: SidecarWriter | None = None
+        self._sidecar_queue: QueuedOutlet | None = None
+        bus.subscribe("board", board.add)
+        bus.subscribe("log", log_event)
+
+    def load(self, loader: Any) -> None:
+        loader.add_option(
+            "captcha_sidecar", str, "captcha-events.jsonl",
+            'JSON Lines file every captcha event is appended to (created 0600); "" turns it off.',
+        )
+
+    def configure(self, updated: set[str]) -> None:
+        if "captcha_sidecar" in updated:
+            path = os.path.expanduser(ctx.options.captcha_sidecar)
+            if path:
+                try:
+                    check_writable(path)
+                except OSError as e:
+                    raise exceptions.OptionsError(
+                        f"captcha_sidecar={ctx.options.captcha_sidecar!r}: cannot write there ({e.strerror or e}); "
+                        'give a writable file, or "" to turn the sidecar off') from None
+            self._close_sidecar()
+            if path:
+                writer = self.sidecar = SidecarWriter(path)
+                self._sidecar_queue = QueuedOutlet("sidecar", self._write_to(writer), tick=self._retry(writer),
+                                                   close=writer.close)
+                self.bus.subscribe("sidecar", self._sidecar_queue)
+
+    @staticmethod
+    def _write_to(writer: SidecarWriter) -> Any:
+        def write(event: Event) -> None:
+            writer.write(event.to_json())
+        return write
+
+    @staticmethod
+    def _retry(writer: SidecarWriter) -> Any:
+        def retry() -> None:
+            if writer.backlog:
+                writer.flush()
+        return retry
+
+    def _close_sidecar(self) -> None:
+        self.bus.unsubscribe("sidecar")
+        if self._sidecar_queue is not None:
+            self._sidecar_queue.stop()
+        self._sidecar_queue = None
+        self.sidecar = None
+
+    def drain(self, timeout: float = 5.0) -> None:
+        """Waits until the sidecar has written (or held) every event emitted so far."""
+        if self._sidecar_queue is not None:
+            self._sidecar_queue.drain(timeout)
+
+    def done(self) -> None:
+        self._close_sidecar()

@@ -1,0 +1,171 @@
+"""The HTTP API's routing, parameters and answers, without mitmproxy: `ApiHandler.handle` maps a request to a
+response. `addon/mitm/api.py` feeds it the flows addressed to `captcha_host`."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import math
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from addon.publish.board import Board
+from addon.publish.events import Event
+
+WAIT_DEFAULT = 30.0
+WAIT_MAX = 60.0
+EVENTS_DEFAULT = 50
+JSON = "application/json"
+
+
+@dataclass(frozen=True, slots=True)
+class ApiRequest:
+    method: str
+    path: str
+    query: dict[str, str]
+    client: str
+    """The caller's own client key, worked out from the request like from any other flow."""
+    authorization: str = ""
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ApiResponse:
+    status: int
+    body: bytes = b""
+    content_type: str = JSON
+
+    @classmethod
+    def json(cls, status: int, doc: Any) -> ApiResponse:
+        if doc is None:
+            return cls(status)
+        return cls(status, json.dumps(doc, ensure_ascii=False).encode("utf-8", "backslashreplace"))
+
+
+Route = Callable[[ApiRequest], Awaitable[ApiResponse]]
+PrefixRoute = Callable[[ApiRequest, str], Awaitable[ApiResponse]]
+
+
+def drag_for(event: dict[str, Any], query: dict[str, str]) -> dict[str, Any] | None:
+    """The drag in the caller's own pixels, when the caller gave its geometry and the event has an answer."""
+    answer = event.get("answer")
+    if event.get("event") != "solved" or not isinstance(answer, dict):
+        return None
+    if event.get("kind") == "slide" and "width" in query:
+        width = _number(query["width"])
+        if width is None:
+            return None
+        return {"x": answer["fraction"] * width, "width": width}
+    if event.get("kind") == "rotate" and "track" in query:
+        track = _number(query["track"])
+        handle = _number(query.get("handle", "0"))
+        if track is None or handle is None or track <= handle:
+            return None
+        travel = track - handle
+        return {"x": answer["fraction"] * travel, "travel": travel, "angle": answer["fraction"] * 360.0}
+    return None
+
+
+class ApiHandler:
+    """Routes of the API; more (metrics, dashboard, images) are added by the outlets that serve them."""
+
+    def __init__(self, board: Board, stats: Callable[[str | None], dict[str, Any]]):
+        self.board = board
+        self.stats = stats
+        self.token = b""
+        self.routes: dict[str, Route] = {
+            "/v1/answer": self._answer,
+            "/v1/answer/wait": self._wait,
+            "/v1/events": self._events,
+            "/v1/stats": self._stats,
+        }
+        self.prefix_routes: dict[str, PrefixRoute] = {}
+
+    def authorised(self, authorization: str) -> bool:
+        if not self.token:
+            return True
+        return hmac.compare_digest(authorization.encode("utf-8", "replace"), b"Bearer " + self.token)
+
+    async def handle(self, request: ApiRequest) -> ApiResponse:
+        if not self.authorised(request.authorization):
+            return ApiResponse.json(401, {"error": "unauthorized"})
+        if request.method not in ("GET", "HEAD"):
+            return ApiResponse.json(405, {"error": "only GET is supported"})
+        path = request.path.rstrip("/") or "/"
+        route = self.routes.get(path)
+        if route is not None:
+            return await route(request)
+        for prefix, prefix_route in self.prefix_routes.items():
+            if path.startswith(prefix):
+                return await prefix_route(request, path[len(prefix):])
+        return ApiResponse.json(404, {"error": "not found", "endpoints": sorted(self.routes)})
+
+    def _client(self, request: ApiRequest) -> str:
+        return request.query.get("client") or request.client
+
+    async def _answer(self, request: ApiRequest) -> ApiResponse:
+        client = self._client(request)
+        event = self.board.latest_final(client)
+        if event is None:
+            return ApiResponse.json(404, {"error": "no answer yet", "client": client})
+        return ApiResponse.json(200, with_drag(event, request.query))
+
+    async def _wait(self, request: ApiRequest) -> ApiResponse:
+        query = request.query
+        client = self._client(request)
+        timeout = _float(query.get("timeout"), WAIT_DEFAULT)
+        after = _int(query.get("after"), None)
+        if timeout is None or ("after" in query and after is None):
+            return ApiResponse.json(400, {"error": "timeout must be a non-negative number and after an integer"})
+        deadline = time.monotonic() + max(0.0, min(timeout, WAIT_MAX))
+        while True:
+            if after is not None:
+                event = self.board.final_after(client, max(after, 0))
+            else:
+                event = self.board.final_of_newest(client)
+            if event is not None:
+                return ApiResponse.json(200, with_drag(event, query))
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return ApiResponse(204)
+            await self.board.wait_change(client, remaining)
+
+    async def _events(self, request: ApiRequest) -> ApiResponse:
+        limit = _int(request.query.get("limit"), EVENTS_DEFAULT)
+        if limit is None or limit < 0:
+            return ApiResponse.json(400, {"error": "limit must be a non-negative integer"})
+        events = self.board.newest(limit, request.query.get("client"))
+        return ApiResponse.json(200, {"events": [e.to_json() for e in events]})
+
+    async def _stats(self, request: ApiRequest) -> ApiResponse:
+        return ApiResponse.json(200, self.stats(request.query.get("client")))
+
+
+def with_drag(event: Event, query: dict[str, str]) -> dict[str, Any]:
+    doc = event.to_json()
+    drag = drag_for(doc, query)
+    return {**doc, "drag": drag} if drag is not None else doc
+
+
+def _number(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) and value >= 0 else None
+
+
+def _int(text: str | None, default: int | None) -> int | None:
+    if text is None:
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
+def _float(text: str | None, default: float) -> float | None:
+    return default if text is None else _number(text)
+

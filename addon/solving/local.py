@@ -1,0 +1,56 @@
+"""The embedded solver: the vision in `addon.solving.vision`, run on a worker thread off mitmproxy's event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+
+from addon.capture.assemble import Captured
+from addon.capture.images import Role
+from addon.capture.recognise import Kind
+from addon.solving.base import Job, RotateAnswer, SlideAnswer, Solution, SolveFailure, natural_width
+
+SERVICE = "local"
+
+
+class LocalSolver:
+    name = SERVICE
+    paid = False
+
+    def __init__(self, workers: int = 1):
+        # OpenCV and numpy release the GIL for their heavy work, so one thread keeps the loop free; more threads
+        # would only compete with mitmproxy for the machine's cores.
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="captcha-local")
+
+    async def check(self) -> str | None:
+        return None
+
+    async def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    async def solve(self, challenge: Captured, job: Job) -> Solution:
+        job.started(None)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, solve_now, challenge, job.width_view)
+
+
+def solve_now(c: Captured, width_view: int) -> Solution:
+    """Runs on the worker thread."""
+    from addon.solving import vision  # numpy/OpenCV load on first use, not when mitmproxy loads the script
+
+    try:
+        if c.kind is Kind.ROTATE:
+            inner, outer = c.images.get(Role.INNER), c.images.get(Role.OUTER)
+            if inner is None or outer is None:
+                raise SolveFailure("bad_image", "rotate challenge without both inner and outer images")
+            found = vision.solve_rotate(inner.body, outer.body)
+            rotate = RotateAnswer.from_angle(found.value)
+            return Solution(f"{rotate.angle:.1f}", rotate, found.confidence)
+        background, piece = c.images.get(Role.BACKGROUND), c.images.get(Role.PIECE)
+        if background is None:
+            raise SolveFailure("bad_image", "slide challenge without its background image")
+        found = vision.solve_slide(background.body, piece.body if piece else None, c.tip_y)
+        slide = SlideAnswer.from_natural(found.value, natural_width(c), width_view)
+        return Solution(f"{slide.x_natural:.1f}", slide, found.confidence)
+    except vision.VisionError as e:
+        raise SolveFailure("bad_image", f"local solver: {e}") from None
