@@ -1,16 +1,18 @@
-"""A strict fake of the omocaptcha.com v1 "job" API, for the test kit.
+"""A strict fake of omocaptcha.com's v1 "job" API and v2 "task" API, for the test kit.
 
-The real service cannot be reached from here, so this stands in for it. It holds the v1 contract of
+The real service cannot be reached from here, so this stands in for it. It holds the v1 and v2 contracts of
 ``../shared/omocaptcha-api.md`` strictly (what passes against the fake should pass against the real service)
-and adds controls, fault injection, a request log and statistics for tests. Run it as a process::
+and adds controls, fault injection, a request log and statistics for tests. v1 is served under ``/api/``, v2
+under ``/v2/``, on one port. Run it as a process::
 
     uv run python -m scripts.fake_omocaptcha --port 0 --key KEY [--manifest DIR] ...
 
-which prints one JSON line ``{"port": N, "base_url": "http://127.0.0.1:N/api/"}`` and serves until killed, or
-in-process::
+which prints one JSON line ``{"port": N, "base_url": "http://127.0.0.1:N/api/", "v2_base_url":
+"http://127.0.0.1:N/v2/"}`` and serves until killed, or in-process::
 
     with FakeOmocaptcha(keys=["KEY"], manifests=[tmp_path]) as fake:
         httpx.post(fake.base_url + "createJob", json={...})
+        httpx.post(fake.v2_base_url + "createTask", json={...})
         fake.control(fail_share=0.5)
         fake.log(); fake.stats()
 
@@ -35,8 +37,10 @@ import random
 import signal
 import socket
 import sys
+import textwrap
 import threading
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
@@ -99,6 +103,73 @@ WRONG_SHAPES: dict[str, dict[str, Any]] = {
 UNKNOWN_STATUS = "queued"
 SERVER_BUSY = {"error": True, "message": "Server busy."}
 
+# v2, the "task" API under /v2/. Its endpoints are named "v2/<call>" in fault tables, stats and the log (v1 and
+# v2 both have a getBalance).
+V2 = "v2/"
+V2_CALLS: tuple[str, ...] = ("createTask", "getTaskResult", "getBalance", "report")
+V2_ENDPOINTS: tuple[str, ...] = tuple(V2 + call for call in V2_CALLS)
+TASK_ROTATE = "TiktokRotateWebTask"
+TASK_SLIDE = "TiktokSliderWebTask"
+TASK_TYPES: tuple[str, ...] = (TASK_ROTATE, TASK_SLIDE)
+ROTATE_DECIMALS = 2  # the docs' example answer is {"rotate": 0.76}
+
+# The temporary error codes public clients retry; each can be injected by a fault of the same name in lower case.
+TEMPORARY_ERRORS: dict[str, tuple[str, str]] = {
+    "task_is_maintenance": ("ERROR_TASK_IS_MAINTENANCE", "This task type is under maintenance, try again later."),
+    "service_unavailable": ("ERROR_SERVICE_UNAVAILABLE", "Service is unavailable, try again later."),
+    "redis_unavailable": ("ERROR_REDIS_UNAVAILABLE", "Redis is unavailable, try again later."),
+    "redis_job_data": ("ERROR_REDIS_JOB_DATA", "Could not read the job data, try again later."),
+}
+V2_PRE_FAULTS: tuple[str, ...] = (
+    "http_500",
+    "http_502",
+    "http_429",
+    "non_json",
+    "wrong_shape",
+    "hang",
+    "drop",
+    *TEMPORARY_ERRORS,
+)
+# createTask only: the task is created (and charged), then the answer is lost or is a temporary error.
+V2_AFTER_CREATE_FAULTS: tuple[str, ...] = (
+    "http_500_after_create",
+    "hang_after_create",
+    "drop_after_create",
+    "redis_unavailable_after_create",
+    "redis_job_data_after_create",
+)
+V2_RESULT_FAULTS: tuple[str, ...] = ("unknown_status", "empty_solution")
+V2_FAULTS_BY_ENDPOINT: dict[str, tuple[str, ...]] = {
+    "v2/createTask": (*V2_PRE_FAULTS, *V2_AFTER_CREATE_FAULTS),
+    "v2/getTaskResult": (*V2_PRE_FAULTS, *V2_RESULT_FAULTS),
+    "v2/getBalance": V2_PRE_FAULTS,
+    "v2/report": V2_PRE_FAULTS,
+}
+ALL_FAULTS_BY_ENDPOINT: dict[str, tuple[str, ...]] = {**FAULTS_BY_ENDPOINT, **V2_FAULTS_BY_ENDPOINT}
+# v2 endpoints answered in v1's shape
+V2_WRONG_SHAPES: dict[str, dict[str, Any]] = {
+    "v2/createTask": {"error": False, "job_id": 123456, "message": "Create job success."},
+    "v2/getTaskResult": {"error": False, "status": "running", "result": None},
+    "v2/getBalance": {"error": False, "balance": "0.00000", "message": "Get balance success."},
+    "v2/report": {"error": False, "message": "Success."},
+}
+JOB_FAILED = {
+    "errorId": 1,
+    "errorCode": "ERROR_JOB_STATUS",
+    "errorDescription": "Job failed",
+    "status": "fail",
+    "solution": {},
+}
+
+
+def endpoint_of(path: str) -> str | None:
+    """The endpoint a request path names (``createJob``, ``v2/createTask``), None for any other path."""
+    if path.startswith("/api/") and path[5:] in ENDPOINTS:
+        return path[5:]
+    if path.startswith("/v2/") and path[4:] in V2_CALLS:
+        return V2 + path[4:]
+    return None
+
 
 def _nginx_page(status: int, reason: str) -> str:
     return (
@@ -137,6 +208,8 @@ class Challenge:
     drag_px: float | None
     gap_x: float | None
     background_width: float
+    angle: float | None = None
+    """Clockwise turn (degrees) that lines the disc up with the ring; falls back to drag_px / travel * 360."""
 
 
 def load_manifest(directory: Path) -> tuple[dict[str, ImageRef], dict[str, Challenge]]:
@@ -168,6 +241,9 @@ def load_manifest(directory: Path) -> tuple[dict[str, ImageRef], dict[str, Chall
         drag = raw.get("drag_px")
         if drag is None and raw.get("angle") is not None:
             drag = float(raw["angle"]) / 360.0 * travel
+        angle = raw.get("angle")
+        if angle is None and drag is not None:
+            angle = float(drag) / travel * 360.0
         gap = raw.get("gap_x")
         challenges[cid] = Challenge(
             id=cid,
@@ -175,6 +251,7 @@ def load_manifest(directory: Path) -> tuple[dict[str, ImageRef], dict[str, Chall
             drag_px=None if drag is None else float(drag),
             gap_x=None if gap is None else float(gap),
             background_width=bg_width,
+            angle=None if angle is None else float(angle),
         )
     return index, challenges
 
@@ -270,6 +347,28 @@ class Job:
 
 
 @dataclass
+class Task:
+    """A v2 task."""
+
+    id: str  # a UUID
+    key: str
+    type: str  # TASK_ROTATE or TASK_SLIDE
+    created: float  # monotonic
+    ready_at: float  # monotonic
+    outcome: Literal["ready", "fail"]
+    solution: dict[str, Any] | None
+    challenge: str | None
+    reason: str | None  # why it fails: unknown_image, swapped, mismatched, wrong_role, fail_share
+    polls: list[float] = field(default_factory=list)
+    final_answered: bool = False
+    polls_after_final: int = 0
+    reports: list[bool] = field(default_factory=list)
+
+    def status(self, now: float) -> str:
+        return self.outcome if now >= self.ready_at else "processing"
+
+
+@dataclass
 class LogEntry:
     time: float
     method: str
@@ -278,7 +377,7 @@ class LogEntry:
     status: int | str | None = None
     fault: str | None = None
     response: Json = None
-    job_id: int | None = None
+    job_id: int | str | None = None  # a v1 job id, or a v2 taskId
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -356,6 +455,7 @@ class Outcome:
     action: Literal["answer", "drop", "hang"] = "answer"
     fault: str | None = None
     job: Job | None = None
+    task: Task | None = None
 
 
 def _html(status: int) -> Outcome:
@@ -372,6 +472,10 @@ def _html(status: int) -> Outcome:
 
 def _error(message: str) -> Outcome:
     return Outcome(body={"error": True, "message": message})
+
+
+def _v2_error(code: str, description: str) -> Outcome:
+    return Outcome(body={"errorId": 1, "errorCode": code, "errorDescription": description})
 
 
 def _is_number(value: Any) -> bool:
@@ -419,8 +523,9 @@ class FakeState:
         self.manifests: list[str] = []
         self.jobs: dict[int, Job] = {}
         self.next_job_id = FIRST_JOB_ID
+        self.tasks: dict[str, Task] = {}
         self.entries: list[LogEntry] = []
-        self.requests: dict[str, int] = {name: 0 for name in (*ENDPOINTS, "other")}
+        self.requests: dict[str, int] = {name: 0 for name in (*ENDPOINTS, *V2_ENDPOINTS, "other")}
         self.fault_counts: dict[str, dict[str, int]] = {}
         self.charged = Decimal(0)
         self.drawer = Drawer(seed=seed, draw=draw)
@@ -552,7 +657,7 @@ class FakeState:
                 self.drawer = Drawer(seed=s.seed, draw=s.draw)
             if faults is not None:
                 s.faults = faults
-                for endpoint in ENDPOINTS:
+                for endpoint in ALL_FAULTS_BY_ENDPOINT:
                     self.drawer.reset(f"fault:{endpoint}")
             if isinstance(balance, Decimal):
                 self.default_balance = balance
@@ -576,16 +681,17 @@ class FakeState:
             raise ValueError("faults must be an object {endpoint: {fault: share}}")
         out: dict[str, dict[str, float]] = {}
         for endpoint, table in value.items():
-            if endpoint not in FAULTS_BY_ENDPOINT:
-                raise ValueError(f"faults: unknown endpoint {endpoint!r} (one of {', '.join(ENDPOINTS)})")
+            if endpoint not in ALL_FAULTS_BY_ENDPOINT:
+                raise ValueError(
+                    f"faults: unknown endpoint {endpoint!r} (one of {', '.join(ALL_FAULTS_BY_ENDPOINT)})"
+                )
             if not isinstance(table, dict):
                 raise ValueError(f"faults.{endpoint} must be an object {{fault: share}}")
             clean: dict[str, float] = {}
+            allowed = ALL_FAULTS_BY_ENDPOINT[endpoint]
             for name, share in table.items():
-                if name not in FAULTS_BY_ENDPOINT[endpoint]:
-                    raise ValueError(
-                        f"faults.{endpoint}: unknown fault {name!r} (one of {', '.join(FAULTS_BY_ENDPOINT[endpoint])})"
-                    )
+                if name not in allowed:
+                    raise ValueError(f"faults.{endpoint}: unknown fault {name!r} (one of {', '.join(allowed)})")
                 if not _is_number(share) or not 0.0 <= share <= 1.0:
                     raise ValueError(f"faults.{endpoint}.{name}: share must be a number in [0, 1]")
                 if share > 0:
@@ -667,14 +773,55 @@ class FakeState:
                     "per_job": per_job,
                 },
                 "charged": str(self.charged.quantize(CENT5)),
+                "v2": self._v2_stats(now),
             }
+
+    def _v2_stats(self, now: float) -> dict[str, Any]:
+        statuses = [t.status(now) for t in self.tasks.values()]
+        per_task: dict[str, Any] = {}
+        all_intervals: list[float] = []
+        reports = [r for t in self.tasks.values() for r in t.reports]
+        for task in self.tasks.values():
+            gaps = [(b - a) * 1000.0 for a, b in zip(task.polls, task.polls[1:], strict=False)]
+            all_intervals.extend(gaps)
+            status = task.status(now)
+            per_task[task.id] = {
+                "type": task.type,
+                "status": status,
+                "solution": copy.deepcopy(task.solution) if status == "ready" else None,
+                "challenge": task.challenge,
+                "reason": task.reason if task.outcome == "fail" else None,
+                "polls": len(task.polls),
+                "min_interval_ms": round(min(gaps), 3) if gaps else None,
+                "polls_after_final": task.polls_after_final,
+                "reports": list(task.reports),
+            }
+        return {
+            "tasks": {
+                "created": len(self.tasks),
+                "processing": statuses.count("processing"),
+                "ready": statuses.count("ready"),
+                "failed": statuses.count("fail"),
+            },
+            "polls": {
+                "total": sum(len(t.polls) for t in self.tasks.values()),
+                "max": max((len(t.polls) for t in self.tasks.values()), default=0),
+                "min_interval_ms": round(min(all_intervals), 3) if all_intervals else None,
+                "per_task": per_task,
+            },
+            "reports": {"accepted": reports.count(True), "rejected": reports.count(False)},
+        }
 
     def summarize(self, value: Json, key: str | None = None) -> Json:
         """A copy of a request body with images (and any other long string) replaced by summaries."""
         if isinstance(value, dict):
             return {k: self.summarize(v, str(k)) for k, v in value.items()}
+        if key == "imageBase64s" and isinstance(value, list):
+            return [self._summarize_image(v) if isinstance(v, str) else self.summarize(v) for v in value]
         if isinstance(value, list):
             return [self.summarize(v) for v in value]
+        if key == "imageBase64" and isinstance(value, str):
+            return self._summarize_image(value)
         if isinstance(value, str) and (key == "image_base64" or len(value) > 200):
             return [self._summarize_image(part) for part in value.split("|")]
         return value
@@ -709,8 +856,7 @@ class FakeState:
         entry = LogEntry(time=round(time.time(), 6), method=method, path=path, body=body)
         with self.lock:
             self.entries.append(entry)
-            endpoint = path.removeprefix("/api/")
-            self.requests[endpoint if endpoint in ENDPOINTS else "other"] += 1
+            self.requests[endpoint_of(path) or "other"] += 1
         return entry
 
     def record_poll(self, raw: bytes, now: float) -> None:
@@ -728,6 +874,21 @@ class FakeState:
             if job.final_answered:
                 job.polls_after_final += 1
 
+    def record_task_poll(self, raw: bytes, now: float) -> None:
+        ok, parsed = parse_json_body(raw)
+        if not ok or not isinstance(parsed, dict):
+            return
+        task_id = parsed.get("taskId")
+        if not isinstance(task_id, str):
+            return
+        with self.lock:
+            task = self.tasks.get(task_id)
+            if task is None:
+                return
+            task.polls.append(now)
+            if task.final_answered:
+                task.polls_after_final += 1
+
     def finish(self, entry: LogEntry, outcome: Outcome, status: int | str) -> None:
         with self.lock:
             entry.status = status
@@ -735,6 +896,8 @@ class FakeState:
             entry.response = copy.deepcopy(outcome.body) if outcome.body is not None else None
             if outcome.job is not None:
                 entry.job_id = outcome.job.id
+            elif outcome.task is not None:
+                entry.job_id = outcome.task.id
 
     # ---------------------------------------------------------------- the API
 
@@ -751,6 +914,8 @@ class FakeState:
     def api(self, endpoint: str, content_type: str, raw: bytes, now: float | None = None) -> Outcome:
         """The normal logic of one endpoint (no faults): validation, jobs, balances."""
         now = time.monotonic() if now is None else now
+        if endpoint in V2_ENDPOINTS:
+            return self._api_v2(endpoint, content_type, raw, now)
         if content_type.split(";", 1)[0].strip().lower() != "application/json":
             return _error("Content-Type must be application/json.")
         ok, body = parse_json_body(raw)
@@ -845,8 +1010,19 @@ class FakeState:
         self, type_job_id: str, digests: list[str], width_view: float | None
     ) -> tuple[str | None, str | None, str | None]:
         """(result, challenge id, reason for failing)."""
-        refs = [self.index.get(d) for d in digests]
+        ch, cid, reason = self._match(type_job_id == "23", digests)
+        if ch is None:
+            return None, cid, reason
         if type_job_id == "23":
+            assert ch.drag_px is not None
+            return str(round(ch.drag_px)), ch.id, None
+        assert width_view is not None and ch.gap_x is not None
+        return str(round(ch.gap_x * width_view / ch.background_width)), ch.id, None
+
+    def _match(self, rotate: bool, digests: list[str]) -> tuple[Challenge | None, str | None, str | None]:
+        """(challenge with its truth, challenge id, reason for failing) for [inner, outer] or [background]."""
+        refs = [self.index.get(d) for d in digests]
+        if rotate:
             inner, outer = refs
             if inner is None or outer is None:
                 known = inner or outer
@@ -856,17 +1032,160 @@ class FakeState:
             if (inner.role, outer.role) == ("outer", "inner"):
                 return None, inner.challenge, "swapped"
             ch = self.challenges.get(inner.challenge)
-            if (inner.role, outer.role) != ("inner", "outer") or ch is None or ch.drag_px is None:
+            if (inner.role, outer.role) != ("inner", "outer") or ch is None or ch.drag_px is None or ch.angle is None:
                 return None, inner.challenge, "wrong_role"
-            return str(round(ch.drag_px)), ch.id, None
+            return ch, ch.id, None
         (ref,) = refs
         if ref is None:
             return None, None, "unknown_image"
         ch = self.challenges.get(ref.challenge)
         if ref.role != "background" or ch is None or ch.mode != "slide" or ch.gap_x is None:
             return None, ref.challenge, "wrong_role"
-        assert width_view is not None
-        return str(round(ch.gap_x * width_view / ch.background_width)), ch.id, None
+        return ch, ch.id, None
+
+    # ---------------------------------------------------------------- the v2 API
+
+    def _api_v2(self, endpoint: str, content_type: str, raw: bytes, now: float) -> Outcome:
+        if content_type.split(";", 1)[0].strip().lower() != "application/json":
+            return _v2_error("ERROR_INVALID_REQUEST", "Content-Type must be application/json.")
+        ok, body = parse_json_body(raw)
+        if not ok or not isinstance(body, dict):
+            return _v2_error("ERROR_INVALID_REQUEST", "Invalid JSON body.")
+        key = body.get("clientKey")
+        with self.lock:
+            if not isinstance(key, str) or key not in self.settings.keys or key in self.settings.invalid_keys:
+                return _v2_error("ERROR_KEY_DOES_NOT_EXIST", "Account authorization key not found in the system.")
+        if endpoint == "v2/createTask":
+            return self._create_task(key, body, now)
+        if endpoint == "v2/getTaskResult":
+            return self._task_result(key, body, now)
+        if endpoint == "v2/getBalance":
+            with self.lock:
+                balance = self.balance_of(key).quantize(CENT5)
+            return Outcome(
+                body={
+                    "errorId": 0,
+                    "balance": float(balance),
+                    "quantity": int(balance / PRICE),
+                    "voucher_balance": 0.0,
+                }
+            )
+        if endpoint == "v2/report":
+            return self._report(key, body)
+        raise ValueError(f"unknown endpoint {endpoint}")
+
+    def _create_task(self, key: str, body: dict[str, Any], now: float) -> Outcome:
+        task = body.get("task")
+        if not isinstance(task, dict):
+            return _v2_error("ERROR_TASK_ABSENT", "task is required.")
+        task_type = task.get("type")
+        if not isinstance(task_type, str) or task_type not in TASK_TYPES:
+            return _v2_error("ERROR_TASK_NOT_SUPPORTED", "Task type is not supported.")
+        parts: list[str] = []
+        width_view: int | None = None
+        if task_type == TASK_ROTATE:
+            images = task.get("imageBase64s")
+            if images is None:
+                return _v2_error("ERROR_BAD_PARAMETERS", "imageBase64s is required.")
+            if not isinstance(images, list) or len(images) != 2:
+                return _v2_error(
+                    "ERROR_BAD_PARAMETERS", f"imageBase64s must be a list of two images for {TASK_ROTATE}."
+                )
+            if not all(isinstance(p, str) and p for p in images):
+                return _v2_error("ERROR_BAD_PARAMETERS", "imageBase64s must hold two non-empty strings.")
+            parts = list(images)
+        else:
+            image = task.get("imageBase64")
+            if not isinstance(image, str) or not image:
+                return _v2_error("ERROR_BAD_PARAMETERS", "imageBase64 is required.")
+            wv = task.get("widthView")
+            if wv is None:
+                return _v2_error("ERROR_BAD_PARAMETERS", "widthView is required.")
+            if not isinstance(wv, int) or isinstance(wv, bool):
+                return _v2_error("ERROR_BAD_PARAMETERS", "widthView must be an integer.")
+            if wv <= 0:
+                return _v2_error("ERROR_BAD_PARAMETERS", "widthView must be positive.")
+            parts, width_view = [image], wv
+        blobs: list[bytes] = []
+        for part in parts:
+            decoded = decode_part(part)
+            if decoded.data_prefix:
+                return _v2_error("ERROR_BAD_PARAMETERS", "Images must be plain base64, without a data: prefix.")
+            if decoded.data is None:
+                return _v2_error("ERROR_BAD_PARAMETERS", "Image is not valid base64.")
+            if image_format(decoded.data) is None:
+                return _v2_error("ERROR_IMAGE_TYPE_NOT_SUPPORTED", "Image is not a valid image.")
+            blobs.append(decoded.data)
+        digests = [hashlib.sha256(b).hexdigest() for b in blobs]
+        with self.lock:
+            balance = self.balance_of(key)
+            if balance < PRICE:
+                return _v2_error("ERROR_ZERO_BALANCE", "Account has zero balance.")
+            solution, challenge, reason = self._solve_v2(task_type, digests, width_view)
+            share = self.settings.fail_share
+            if solution is not None and share > 0 and self.drawer.pick("fail", {"fail": share}) == "fail":
+                self.drawer.confirm("fail", "fail")
+                solution, reason = None, "fail_share"
+            created = Task(
+                id=str(uuid.uuid4()),
+                key=key,
+                type=task_type,
+                created=now,
+                ready_at=now + self.settings.solve_seconds,
+                outcome="ready" if solution is not None else "fail",
+                solution=solution,
+                challenge=challenge,
+                reason=reason,
+            )
+            self.tasks[created.id] = created
+            self.balances[key] = balance - PRICE
+            self.charged += PRICE
+        return Outcome(body={"errorId": 0, "taskId": created.id}, task=created)
+
+    def _solve_v2(
+        self, task_type: str, digests: list[str], width_view: int | None
+    ) -> tuple[dict[str, Any] | None, str | None, str | None]:
+        """(solution, challenge id, reason for failing). Rotate: r = 1 - angle / 360 (the handle's target is
+        (track - handle) * (1 - r)), to ROTATE_DECIMALS; slide: end.x in widthView pixels, a whole number."""
+        ch, cid, reason = self._match(task_type == TASK_ROTATE, digests)
+        if ch is None:
+            return None, cid, reason
+        if task_type == TASK_ROTATE:
+            assert ch.angle is not None
+            return {"rotate": round(1.0 - (ch.angle % 360.0) / 360.0, ROTATE_DECIMALS)}, ch.id, None
+        assert width_view is not None and ch.gap_x is not None
+        return {"end": {"x": round(ch.gap_x * width_view / ch.background_width)}}, ch.id, None
+
+    def _task_result(self, key: str, body: dict[str, Any], now: float) -> Outcome:
+        task_id = body.get("taskId")
+        if not isinstance(task_id, str):
+            return _v2_error("ERROR_BAD_PARAMETERS", "taskId must be a string.")
+        with self.lock:
+            task = self.tasks.get(task_id)
+            if task is None or task.key != key:
+                return _v2_error("ERROR_TASK_NOT_FOUND", "Task not found.")
+            status = task.status(now)
+        if status == "processing":
+            return Outcome(body={"errorId": 0, "status": "processing"}, task=task)
+        if status == "fail":
+            return Outcome(body=copy.deepcopy(JOB_FAILED), task=task)
+        return Outcome(body={"errorId": 0, "status": "ready", "solution": copy.deepcopy(task.solution)}, task=task)
+
+    def _report(self, key: str, body: dict[str, Any]) -> Outcome:
+        ids = body.get("id")
+        if not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids):
+            return _v2_error("ERROR_BAD_PARAMETERS", "id must be a non-empty list of task ids.")
+        verdict = body.get("isSuccess")
+        if not isinstance(verdict, bool):
+            return _v2_error("ERROR_BAD_PARAMETERS", "isSuccess must be true or false.")
+        with self.lock:
+            tasks = [self.tasks.get(i) for i in ids]
+            if any(t is None or t.key != key for t in tasks):
+                return _v2_error("ERROR_TASK_NOT_FOUND", "Task not found.")
+            for t in tasks:
+                assert t is not None
+                t.reports.append(verdict)
+        return Outcome(body={"errorId": 0})
 
     def _job_result(self, key: str, body: dict[str, Any], now: float) -> Outcome:
         job_id = body.get("job_id")
@@ -885,6 +1204,8 @@ class FakeState:
         body = outcome.body
         if body is None:
             return False
+        if endpoint in V2_ENDPOINTS:
+            return self._apply_v2_result_fault(name, outcome)
         if name == "success_field":
             if endpoint == "getJobResult" and body.get("error") is False:
                 body["success"] = body.get("status") == "success"
@@ -905,8 +1226,26 @@ class FakeState:
             return True
         return False
 
+    @staticmethod
+    def _apply_v2_result_fault(name: str, outcome: Outcome) -> bool:
+        body = outcome.body
+        if body is None or outcome.task is None:
+            return False  # an error answer (bad key, unknown task): nothing to change
+        if name == "unknown_status":
+            outcome.body = {"errorId": 0, "status": UNKNOWN_STATUS}
+            return True
+        if name == "empty_solution" and body.get("status") == "ready":
+            body["solution"] = {}
+            return True
+        return False
+
     def mark_answered(self, endpoint: str, outcome: Outcome) -> None:
         body = outcome.body
+        if endpoint == "v2/getTaskResult":
+            if outcome.task is not None and body is not None and body.get("status") in ("ready", "fail"):
+                with self.lock:
+                    outcome.task.final_answered = True
+            return
         if (
             endpoint == "getJobResult"
             and outcome.job is not None
@@ -945,7 +1284,8 @@ async def close_connection(send: Send) -> None:
 
 
 class FakeApp:
-    """The ASGI application: ``/api/*`` (the contract) and ``/_control``, ``/_log``, ``/_stats`` (for tests)."""
+    """The ASGI application: ``/api/*`` (v1) and ``/v2/*`` (the contracts), and ``/_control``, ``/_log``,
+    ``/_stats`` (for tests)."""
 
     def __init__(self, state: FakeState, stopping: asyncio.Event) -> None:
         self.state = state
@@ -971,7 +1311,7 @@ class FakeApp:
         body, too_large = read
         if too_large:
             await self._send(send, 413, _nginx_page(413, "Request Entity Too Large").encode(), "text/html")
-        elif path == "/api" or path.startswith("/api/"):
+        elif path in ("/api", "/v2") or path.startswith(("/api/", "/v2/")):
             await self._api(scope, path, method, body, receive, send)
         else:
             await self._testkit(path, method, body, send)
@@ -1045,9 +1385,11 @@ class FakeApp:
         state = self.state
         arrived = time.monotonic()
         entry = state.begin(method, path, body)
-        endpoint = path.removeprefix("/api/")
+        endpoint = endpoint_of(path)
         if endpoint == "getJobResult" and method == "POST":
             state.record_poll(body, arrived)
+        elif endpoint == "v2/getTaskResult" and method == "POST":
+            state.record_task_poll(body, arrived)
         with state.lock:
             down = state.settings.down
             latency = state.settings.latency_ms / 1000.0
@@ -1060,7 +1402,7 @@ class FakeApp:
             await close_connection(send)
             return
 
-        outcome = self._outcome(scope, endpoint, method, body)
+        outcome = _html(404) if endpoint is None else self._outcome(scope, endpoint, method, body)
 
         if outcome.action == "drop":
             state.finish(entry, outcome, "dropped")
@@ -1070,7 +1412,8 @@ class FakeApp:
             state.finish(entry, outcome, "hang")
             await self._hang(receive, send)
             return
-        state.mark_answered(endpoint, outcome)
+        if endpoint is not None:
+            state.mark_answered(endpoint, outcome)
         state.finish(entry, outcome, outcome.status)
         try:
             if outcome.body is not None:
@@ -1083,12 +1426,12 @@ class FakeApp:
 
     def _outcome(self, scope: Message, endpoint: str, method: str, body: bytes) -> Outcome:
         state = self.state
-        if endpoint not in ENDPOINTS:
+        if endpoint not in ALL_FAULTS_BY_ENDPOINT:
             return _html(404)
         if method != "POST":
             return _html(405)
         fault = state.pick_fault(endpoint)
-        if fault in PRE_FAULTS:
+        if fault in (V2_PRE_FAULTS if endpoint in V2_ENDPOINTS else PRE_FAULTS):
             assert fault is not None
             state.confirm_fault(endpoint, fault)
             outcome = self._pre_fault(endpoint, fault)
@@ -1101,13 +1444,14 @@ class FakeApp:
         outcome = state.api(endpoint, content_type, body)
         if fault is None:
             return outcome
-        if fault in AFTER_CREATE_FAULTS:
-            if outcome.job is None:
+        if fault in AFTER_CREATE_FAULTS or fault in V2_AFTER_CREATE_FAULTS:
+            if outcome.job is None and outcome.task is None:
                 return outcome  # nothing was created: the fault does not apply
             state.confirm_fault(endpoint, fault)
             after = self._pre_fault(endpoint, fault.removesuffix("_after_create"))
             after.fault = fault
             after.job = outcome.job
+            after.task = outcome.task
             return after
         if state.apply_result_fault(fault, outcome, endpoint):
             state.confirm_fault(endpoint, fault)
@@ -1125,7 +1469,9 @@ class FakeApp:
         if fault == "non_json":
             return Outcome(status=200, html=NON_JSON_PAGE)
         if fault == "wrong_shape":
-            return Outcome(body=copy.deepcopy(WRONG_SHAPES[endpoint]))
+            return Outcome(body=copy.deepcopy({**WRONG_SHAPES, **V2_WRONG_SHAPES}[endpoint]))
+        if fault in TEMPORARY_ERRORS:
+            return _v2_error(*TEMPORARY_ERRORS[fault])
         if fault == "error_true":
             return Outcome(body=dict(SERVER_BUSY))
         if fault == "hang":
@@ -1214,6 +1560,11 @@ class FakeOmocaptcha:
     def base_url(self) -> str:
         """``http://127.0.0.1:PORT/api/`` (ends with a slash)."""
         return f"http://127.0.0.1:{self.port}/api/"
+
+    @property
+    def v2_base_url(self) -> str:
+        """``http://127.0.0.1:PORT/v2/`` (ends with a slash)."""
+        return f"http://127.0.0.1:{self.port}/v2/"
 
     @property
     def url(self) -> str:
@@ -1312,15 +1663,46 @@ def _parse_fault(text: str) -> tuple[str, str, float]:
         raise argparse.ArgumentTypeError(f"expected ENDPOINT:FAULT=SHARE, got {text!r}") from exc
 
 
+HELP_DESCRIPTION = """\
+A strict fake of omocaptcha.com for tests: the v1 "job" API under /api/ and the v2 "task" API under /v2/,
+on one port of 127.0.0.1. Prints one JSON line {"port", "base_url", "v2_base_url"} on stdout, then serves
+until SIGTERM/SIGINT. Challenges are known by the sha256 of their images, from test-kit manifests; answers
+come from the manifests' truth. scripts/testkit/CONTRACT.md ("Fake omocaptcha") has the details."""
+
+
+def _help_epilog() -> str:
+    lines = ["faults (--fault ENDPOINT:FAULT=SHARE; v2 endpoints are written v2/NAME):"]
+    for endpoint, faults in ALL_FAULTS_BY_ENDPOINT.items():
+        lines += textwrap.wrap(", ".join(faults), 100, initial_indent=f"  {endpoint}: ", subsequent_indent="      ")
+    lines += [
+        "",
+        "test paths (outside /api/ and /v2/): GET|POST /_control, GET /_log, POST /_log/clear, GET /_stats",
+        "",
+        "example:",
+        "  python -m scripts.fake_omocaptcha --key K --manifest kit/ --solve-seconds 1 \\",
+        "      --fault getJobResult:http_500=0.2 --fault v2/createTask:service_unavailable=0.1",
+    ]
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m scripts.fake_omocaptcha", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m scripts.fake_omocaptcha",
+        description=HELP_DESCRIPTION,
+        epilog=_help_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0: any free port)")
-    p.add_argument("--key", action="append", required=True, help="a valid api_token (repeatable)")
+    p.add_argument(
+        "--key", action="append", required=True, help="a valid key: v1 api_token and v2 clientKey (repeatable)"
+    )
     p.add_argument("--manifest", action="append", default=[], help="a test-kit manifest directory (repeatable)")
-    p.add_argument("--solve-seconds", type=float, default=0.0, help="time until a job is final (default 0)")
-    p.add_argument("--fail-share", type=float, default=0.0, help="share 0..1 of solvable jobs that end fail")
-    p.add_argument("--latency-ms", type=float, default=0.0, help="delay before answering any /api request")
-    p.add_argument("--balance", default="10.00000", help="starting balance of every key (default 10.00000)")
+    p.add_argument("--solve-seconds", type=float, default=0.0, help="time until a job or task is final (default 0)")
+    p.add_argument("--fail-share", type=float, default=0.0, help="share 0..1 of solvable jobs/tasks that end fail")
+    p.add_argument("--latency-ms", type=float, default=0.0, help="delay before answering any /api or /v2 request")
+    p.add_argument(
+        "--balance", default="10.00000", help="starting balance of every key, shared by v1 and v2 (default 10.00000)"
+    )
     p.add_argument("--seed", type=int, default=1, help="seed of the deterministic choices (default 1)")
     p.add_argument("--draw", choices=["random", "spread"], default="random", help="how shares are drawn")
     p.add_argument(
@@ -1329,10 +1711,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         type=_parse_fault,
         metavar="ENDPOINT:FAULT=SHARE",
-        help="inject a fault, e.g. getJobResult:http_500=0.2 (repeatable)",
+        help="inject a fault, e.g. getJobResult:http_500=0.2 or v2/getTaskResult:drop=0.1 (repeatable)",
     )
     p.add_argument("--invalid-key", action="append", default=[], help="a key that answers as invalid")
-    p.add_argument("--down", action="store_true", help="start with every /api request refused")
+    p.add_argument("--down", action="store_true", help="start with every /api and /v2 request refused")
     return p
 
 
@@ -1360,7 +1742,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     sock = listen(args.port)
     port = int(sock.getsockname()[1])
-    print(json.dumps({"port": port, "base_url": f"http://127.0.0.1:{port}/api/"}), flush=True)
+    info = {"port": port, "base_url": f"http://127.0.0.1:{port}/api/", "v2_base_url": f"http://127.0.0.1:{port}/v2/"}
+    print(json.dumps(info), flush=True)
 
     async def run() -> None:
         stopping = asyncio.Event()

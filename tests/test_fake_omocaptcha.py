@@ -885,7 +885,7 @@ def test_command_line(kit: Kit) -> None:
         assert proc.stdout is not None
         line = proc.stdout.readline()
         info = json.loads(line)
-        assert set(info) == {"port", "base_url"}
+        assert set(info) == {"port", "base_url", "v2_base_url"}
         assert info["base_url"] == f"http://127.0.0.1:{info['port']}/api/"
         with httpx.Client(base_url=info["base_url"]) as c:
             job = create(c, rotate_body(kit))

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from addon.publish import sidecar as sidecar_module
 from addon.publish import events as ev
+from addon.publish import sidecar as sidecar_module
 from addon.publish.bus import EventBus
 from addon.publish.sidecar import SidecarWriter
 

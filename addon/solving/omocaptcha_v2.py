@@ -1,0 +1,249 @@
+"""omocaptcha's v2 task API (createTask, getTaskResult, getBalance, report), as a solver behind the seam.
+
+The shapes are in `../shared/omocaptcha-api.md` (v2). Its rotate answer is a ratio r: the handle's target is
+(track - handle) * (1 - r) from the start, so the share of the slider's travel is 1 - r. Its slide answer
+`end.x` is in pixels of `widthView`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import math
+from typing import Any
+
+import httpx
+
+from addon.capture import images
+from addon.capture.assemble import Captured
+from addon.capture.images import Role
+from addon.capture.recognise import Kind
+from addon.ratelimit import RateLimitedLog
+from addon.solving.base import Job, RotateAnswer, SlideAnswer, Solution, SolveFailure, natural_width
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_URL = "https://api.omocaptcha.com/v2"
+SERVICE = "omocaptcha-v2"
+TASK_ROTATE_WEB = "TiktokRotateWebTask"
+TASK_SLIDE_WEB = "TiktokSliderWebTask"
+CREATE_ATTEMPTS = 3
+CREATE_BACKOFF = (1.0, 2.0)
+"""Seconds before the second and the third createTask attempt."""
+POLL_FAULTS_FINAL = 3
+"""Answers about the task itself (not availability faults) that end the poll loop."""
+JOB_FAILED = "ERROR_JOB_STATUS"
+TEMPORARY_CODES = frozenset(
+    {"ERROR_TASK_IS_MAINTENANCE", "ERROR_SERVICE_UNAVAILABLE", "ERROR_REDIS_UNAVAILABLE", "ERROR_REDIS_JOB_DATA"}
+)
+"""Error codes public clients retry: availability faults."""
+NOT_CREATED_CODES = frozenset({"ERROR_TASK_IS_MAINTENANCE", "ERROR_SERVICE_UNAVAILABLE"})
+"""Temporary codes that say the service turned the request away before making a task, so a createTask answered
+with one is safe to send again. The two Redis codes come from storing or reading the job's data, which may happen
+after the task was made and charged: a createTask answered with those is never repeated."""
+
+
+class OmocaptchaV2Solver:
+    """createTask once (repeated only when it provably never made a task), then getTaskResult until final."""
+
+    name = SERVICE
+    paid = True
+
+    def __init__(self, base_url: str, key: str, http: httpx.AsyncClient):
+        self.base_url = base_url.rstrip("/") + "/"
+        self._key = key
+        self._http = http
+        self.create_backoff: tuple[float, ...] = CREATE_BACKOFF
+        self._errors = RateLimitedLog(logger)
+
+    def __repr__(self) -> str:
+        return f"OmocaptchaV2Solver(base_url={self._redact(self.base_url)!r}, key='***')"
+
+    async def close(self) -> None:
+        """Nothing to close: the HTTP client is shared and owned by the scheduler."""
+
+    # ------------------------------------------------------------------------------------------------ the seam
+
+    async def solve(self, challenge: Captured, job: Job) -> Solution:
+        task = await asyncio.to_thread(task_of, challenge, job.width_view)
+        task_id = await self._create(job, task)
+        job.started(task_id)
+        poll_faults = 0
+        while True:
+            await asyncio.sleep(job.poll_s)
+            try:
+                doc = await self._post("getTaskResult", {"taskId": task_id})
+            except SolveFailure as f:
+                if f.transient:
+                    job.service_fault(f)
+                    self._errors.warning("poll", f"captcha: polling {SERVICE} failed ({f.message}); asking again")
+                    continue
+                job.service_ok()
+                if f.reason in ("invalid_key", "unsolvable"):
+                    raise
+                poll_faults += 1
+                if poll_faults >= POLL_FAULTS_FINAL:
+                    raise
+                continue
+            job.service_ok()
+            poll_faults = 0
+            status = doc.get("status")
+            if status == "ready":
+                return solution_of(challenge, doc.get("solution"), job.width_view)
+            if status == "fail":
+                raise SolveFailure("unsolvable", f"{SERVICE} could not solve this challenge")
+            # "processing", or a status this client does not know: not final yet, the scheduler's deadline decides
+
+    async def check(self) -> str | None:
+        """getBalance: the balance as the service wrote it (a number, USD), None when the answer has none."""
+        try:
+            doc = await self._post("getBalance", {})
+        except SolveFailure as f:
+            if f.transient:  # a balance call costs nothing, whatever happened to it
+                raise SolveFailure("api_error", f.message, reached=False, transient=True) from None
+            raise
+        balance = doc.get("balance")
+        if isinstance(balance, bool) or not isinstance(balance, int | float | str):
+            return None
+        return str(balance)
+
+    async def report(self, task_id: str, accepted: bool) -> bool:
+        """Tells the service whether the site accepted a task's answer (the undocumented `report` call the vendor's
+        extension makes). Best effort: True when the service took it, False otherwise; never raises."""
+        try:
+            await self._post("report", {"id": [task_id], "isSuccess": accepted})
+        except SolveFailure as f:
+            self._errors.warning("report", f"captcha: reporting to {SERVICE} failed ({f.message})")
+            return False
+        except Exception as e:
+            self._errors.warning("report", f"captcha: reporting to {SERVICE} failed ({type(e).__name__})")
+            return False
+        return True
+
+    # ------------------------------------------------------------------------------------------------ calls
+
+    async def _create(self, job: Job, task: dict[str, Any]) -> str:
+        for attempt in range(1, CREATE_ATTEMPTS + 1):
+            job.job_sent()
+            try:
+                doc = await self._post("createTask", {"task": task})
+            except SolveFailure as f:
+                if not f.reached:
+                    job.job_not_sent()
+                if f.transient:
+                    job.service_fault(f)
+                else:
+                    job.service_ok()
+                # Only a request that provably made no task is safe to repeat: another could charge twice.
+                if f.reached or not f.transient or attempt == CREATE_ATTEMPTS:
+                    raise
+                await asyncio.sleep(self.create_backoff[min(attempt, len(self.create_backoff)) - 1])
+                continue
+            job.service_ok()
+            task_id = doc.get("taskId")
+            if not isinstance(task_id, str) or not task_id:
+                fields = ", ".join(sorted(self._redact(str(k))[:40] for k in doc)[:8])
+                raise SolveFailure("api_error", f"createTask: unexpected answer with fields {fields}")
+            return task_id
+        raise AssertionError("unreachable")
+
+    def _redact(self, text: str) -> str:
+        return text.replace(self._key, "***") if self._key else text
+
+    async def _post(self, call: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """One call; a JSON object with errorId 0, or SolveFailure. `reached` False means provably no task was made
+        (refused, 429, or a code in NOT_CREATED_CODES); `transient` marks availability faults."""
+        body = json.dumps({"clientKey": self._key, **payload}).encode()
+        try:
+            response = await self._http.post(
+                self.base_url + call, content=body, headers={"Content-Type": "application/json"}
+            )
+        except (httpx.ConnectError, httpx.ConnectTimeout) as e:
+            raise SolveFailure("api_error", f"{call}: cannot connect ({type(e).__name__})",
+                               reached=False, transient=True) from None
+        except httpx.TimeoutException as e:
+            raise SolveFailure("api_error", f"{call}: no answer in time ({type(e).__name__})",
+                               reached=True, transient=True) from None
+        except httpx.HTTPError as e:
+            raise SolveFailure("api_error", f"{call}: {type(e).__name__}: {self._redact(str(e))[:200]}",
+                               reached=True, transient=True) from None
+        if response.status_code == 429:
+            raise SolveFailure("api_error", f"{call}: HTTP 429 (busy)", reached=False, transient=True)
+        if response.status_code != 200:
+            raise SolveFailure("api_error", f"{call}: HTTP {response.status_code}",
+                               reached=True, transient=response.status_code >= 500)
+        try:
+            doc = json.loads(response.content)
+        except ValueError:
+            raise SolveFailure("api_error", f"{call}: answer is not JSON", reached=True, transient=True) from None
+        if not isinstance(doc, dict):
+            raise SolveFailure("api_error", f"{call}: answer is not a JSON object", reached=True, transient=True)
+        if doc.get("errorId") not in (0, None):
+            raise self._failure(call, doc)
+        return doc
+
+    def _failure(self, call: str, doc: dict[str, Any]) -> SolveFailure:
+        code = doc.get("errorCode")
+        code = self._redact(code)[:80] if isinstance(code, str) else ""
+        description = doc.get("errorDescription")
+        description = self._redact(description)[:200] if isinstance(description, str) else ""
+        text = f"{call}: {code or 'error ' + self._redact(str(doc.get('errorId')))[:20]}"
+        text += f" ({description})" if description else ""
+        if code == JOB_FAILED or doc.get("status") == "fail":
+            return SolveFailure("unsolvable", f"{SERVICE} could not solve this challenge ({text})")
+        if code in TEMPORARY_CODES:
+            return SolveFailure("api_error", text, reached=code not in NOT_CREATED_CODES, transient=True)
+        if "KEY" in code.upper():
+            return SolveFailure("invalid_key", text)
+        return SolveFailure("api_error", text)
+
+
+# ---------------------------------------------------------------------------------------------------- payloads
+
+
+def task_of(c: Captured, width_view: int) -> dict[str, Any]:
+    """Checks the images are whole (a truncated body fails here, not at the service) and builds the task."""
+    try:
+        if c.kind is Kind.ROTATE:
+            inner, outer = c.images.get(Role.INNER), c.images.get(Role.OUTER)
+            if inner is None or outer is None:
+                raise images.BadImage("rotate challenge without both inner and outer images")
+            images.check_complete(inner.body, inner.info)
+            images.check_complete(outer.body, outer.info)
+            return {"type": TASK_ROTATE_WEB, "imageBase64s": [_b64(inner.body), _b64(outer.body)]}
+        background = c.images.get(Role.BACKGROUND)
+        if background is None:
+            raise images.BadImage("slide challenge without its background image")
+        images.check_complete(background.body, background.info)
+        return {"type": TASK_SLIDE_WEB, "imageBase64": _b64(background.body), "widthView": width_view}
+    except images.BadImage as e:
+        raise SolveFailure("bad_image", str(e)[:300], reached=False) from None
+
+
+def _b64(body: bytes) -> str:
+    return base64.b64encode(body).decode("ascii")
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def solution_of(c: Captured, solution: Any, width_view: int) -> Solution:
+    """A ready task's `solution` as a Solution; its raw JSON (compact) is kept as the result."""
+    if not isinstance(solution, dict) or not solution:
+        raise SolveFailure("unsolvable", f"{SERVICE} reported the task ready without a solution")
+    raw = json.dumps(solution, separators=(",", ":"))
+    if c.kind is Kind.ROTATE:
+        r = _number(solution.get("rotate"))
+        if r is None:
+            raise SolveFailure("api_error", f"{SERVICE}'s solution has no numeric rotate: {raw[:200]}")
+        return Solution(raw, RotateAnswer.from_fraction(1.0 - r))
+    end = solution.get("end")
+    x = _number(end.get("x")) if isinstance(end, dict) else None
+    if x is None:
+        raise SolveFailure("api_error", f"{SERVICE}'s solution has no numeric end.x: {raw[:200]}")
+    return Solution(raw, SlideAnswer.from_view(x, natural_width(c), width_view))
