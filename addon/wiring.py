@@ -11,6 +11,7 @@ from addon.mitm.outlets import CaptchaEvents
 from addon.mitm.solving import CaptchaSolving
 from addon.publish.board import Board
 from addon.publish.bus import EventBus
+from addon.publish.dashboard_api import Dashboard
 from addon.publish.event_stream import EventStreamServer
 from addon.publish.http_api import ApiHandler
 from addon.publish.service_stats import ServiceStats
@@ -52,6 +53,15 @@ def build_addons() -> list[Any]:
 
     stream = EventStreamServer(board)
     bus.subscribe("event-stream", stream.publish)
-    api = CaptchaApi(ApiHandler(board, stats), keyer, stream)
+    handler = ApiHandler(board, stats)
+    dashboard = Dashboard(
+        in_flight=lambda: scheduler.in_flight, waiting=lambda: scheduler.waiting,
+        balance=lambda: {n: s["balance"] for n, s in scheduler.service_stats().items() if s["balance"] is not None},
+    )
+    dashboard.register(handler)
+    bus.subscribe("dashboard", dashboard)
+    bus.subscribe_images("dashboard", dashboard.keep_images)
+    events.dashboard = dashboard
+    api = CaptchaApi(handler, keyer, stream)
     # Order matters at shutdown: capture and solving write their last events before the sidecar closes.
     return [api, capture, solving, events]

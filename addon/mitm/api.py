@@ -90,7 +90,7 @@ class CaptchaApi:
         except Exception as e:
             logger.exception("captcha: API request %s failed", path[:100])
             answer = ApiResponse.json(500, {"error": f"internal error: {type(e).__name__}"})
-        headers = {"Content-Type": answer.content_type, "Cache-Control": "no-store"}
+        headers = {"Content-Type": answer.content_type, "Cache-Control": "no-store", **answer.headers}
         flow.response = http.Response.make(answer.status, answer.body, headers)
         flow.response.http_version = request.http_version
 

@@ -15,7 +15,7 @@ from typing import Any
 from mitmproxy import ctx, exceptions, flowfilter, hooks, http
 
 from addon.capture import images, recognise
-from addon.capture.assemble import Assembler, Captured, Expired, Outcome, make_part
+from addon.capture.assemble import Assembler, Captured, Expired, ImagePart, Outcome, make_part
 from addon.capture.bodies import BodyTooLarge, bounded_content
 from addon.capture.clients import ClientKeyer, parse_spec
 from addon.capture.hosts import host_of
@@ -258,11 +258,13 @@ class CaptchaCapture:
             if isinstance(outcome, Captured):
                 self._captured(outcome, flow)
             elif isinstance(outcome, Expired):
-                self.bus.emit(ev.Expired(
+                expired = self.bus.emit(ev.Expired(
                     client=outcome.client, challenge=outcome.challenge_id,
                     kind=str(outcome.kind) if outcome.kind else None, images=ev.image_fields(outcome.images),
                     reason=outcome.reason,
                 ))
+                if self.bus.wants_images and outcome.images:
+                    self.bus.emit_images(expired, _bodies(outcome.images))
                 self._challenge_flows.pop(outcome.challenge_id, None)
 
     def _captured(self, c: Captured, flow: http.HTTPFlow | None) -> None:
@@ -271,10 +273,12 @@ class CaptchaCapture:
         _bump(self.captured_ids, c.challenge_id, c.client)
         self._remember(c.challenge_id, c.client, c.kind)
         _bump(self.newest_captured, c.client, c.challenge_id)
-        self.bus.emit(ev.Captured(
+        event = self.bus.emit(ev.Captured(
             client=c.client, challenge=c.challenge_id, kind=str(c.kind), images=ev.image_fields(c.images),
             source=c.source, tip_y=c.tip_y, verify_id=c.verify_id,
         ))
+        if self.bus.wants_images:
+            self.bus.emit_images(event, _bodies(c.images))
         if flow is not None and self.scheduler.enabled:
             self._challenge_flows.setdefault(c.challenge_id, []).append(flow)
             if self.hold:
@@ -310,6 +314,10 @@ class CaptchaCapture:
                 await self._ticker
             self._ticker = None
         self._handle(self.assembler.flush(), None)
+
+
+def _bodies(parts: dict[images.Role, ImagePart]) -> dict[str, tuple[bytes, str]]:
+    return {str(role): (part.body, part.info.format) for role, part in parts.items()}
 
 
 def _verification_host(host: str) -> bool:

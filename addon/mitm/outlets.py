@@ -10,6 +10,7 @@ from mitmproxy import ctx, exceptions
 
 from addon.publish.board import Board
 from addon.publish.bus import EventBus, QueuedOutlet
+from addon.publish.dashboard_api import DEFAULT_CHALLENGES, DEFAULT_MB, Dashboard
 from addon.publish.events import Event
 from addon.publish.logline import log_event
 from addon.publish.sidecar import SidecarWriter, check_writable
@@ -23,6 +24,7 @@ class CaptchaEvents:
         self.board = board
         self.sidecar: SidecarWriter | None = None
         self._sidecar_queue: QueuedOutlet | None = None
+        self.dashboard: Dashboard | None = None
         bus.subscribe("board", board.add)
         bus.subscribe("log", log_event)
 
@@ -31,8 +33,23 @@ class CaptchaEvents:
             "captcha_sidecar", str, "captcha-events.jsonl",
             'JSON Lines file every captcha event is appended to (created 0600); "" turns it off.',
         )
+        loader.add_option("captcha_metrics_by_client", bool, False,
+                          "Label the /metrics counters by client too (one series per device: mind the cardinality).")
+        loader.add_option("captcha_dashboard_challenges", int, DEFAULT_CHALLENGES,
+                          "Challenges whose images the dashboard keeps (oldest out first).")
+        loader.add_option("captcha_dashboard_mb", int, DEFAULT_MB,
+                          "Megabytes of images the dashboard keeps at most (oldest out first).")
 
     def configure(self, updated: set[str]) -> None:
+        o = ctx.options
+        if self.dashboard is not None:
+            if "captcha_metrics_by_client" in updated:
+                self.dashboard.metrics.set_by_client(o.captcha_metrics_by_client)
+            if {"captcha_dashboard_challenges", "captcha_dashboard_mb"} & updated:
+                for name in ("captcha_dashboard_challenges", "captcha_dashboard_mb"):
+                    if getattr(o, name) < 0:
+                        raise exceptions.OptionsError(f"{name}={getattr(o, name)!r}: must be 0 or more")
+                self.dashboard.images.resize(o.captcha_dashboard_challenges, o.captcha_dashboard_mb * 1024 * 1024)
         if "captcha_sidecar" in updated:
             path = os.path.expanduser(ctx.options.captcha_sidecar)
             if path:

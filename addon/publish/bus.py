@@ -15,12 +15,13 @@ import threading
 from collections.abc import Callable
 from typing import TypeVar
 
-from addon.publish.events import Event, rfc3339_now
+from addon.publish.events import Captured, Event, Expired, rfc3339_now
 from addon.ratelimit import RateLimitedLog
 
 logger = logging.getLogger(__name__)
 
 Outlet = Callable[[Event], None]
+ImageOutlet = Callable[[Captured | Expired, dict[str, tuple[bytes, str]]], None]
 E = TypeVar("E", bound=Event)
 
 
@@ -29,13 +30,32 @@ class EventBus:
         self.run = run or secrets.token_hex(4)
         self.seq = 0
         self._outlets: list[tuple[str, Outlet]] = []
+        self._image_outlets: list[tuple[str, ImageOutlet]] = []
         self._errors = RateLimitedLog(logger, interval=30.0)
 
     def subscribe(self, name: str, outlet: Outlet) -> None:
         self._outlets.append((name, outlet))
 
+    def subscribe_images(self, name: str, outlet: ImageOutlet) -> None:
+        """For outlets that keep the pictures (dashboard, save dir): events carry no bytes, so the bus hands the
+        parts' bodies (role -> (bytes, format)) of each captured or expired challenge beside its event."""
+        self._image_outlets.append((name, outlet))
+
     def unsubscribe(self, name: str) -> None:
         self._outlets = [(n, o) for n, o in self._outlets if n != name]
+        self._image_outlets = [(n, o) for n, o in self._image_outlets if n != name]
+
+    @property
+    def wants_images(self) -> bool:
+        return bool(self._image_outlets)
+
+    def emit_images(self, event: Captured | Expired, bodies: dict[str, tuple[bytes, str]]) -> None:
+        for name, outlet in self._image_outlets:
+            try:
+                outlet(event, bodies)
+            except Exception as e:
+                self._errors.error(f"outlet:{name}", f"captcha: the {name} outlet failed on images: "
+                                                     f"{type(e).__name__}: {e}")
 
     def emit(self, event: E) -> E:
         self.seq += 1

@@ -36,6 +36,7 @@ class ApiResponse:
     status: int
     body: bytes = b""
     content_type: str = JSON
+    headers: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def json(cls, status: int, doc: Any) -> ApiResponse:
@@ -82,18 +83,25 @@ class ApiHandler:
             "/v1/stats": self._stats,
         }
         self.prefix_routes: dict[str, PrefixRoute] = {}
+        self.public_paths: set[str] = set()
+        """Paths served without the token: the dashboard's page and files, which hold no data (a browser cannot
+        send a header when it opens a page; the page then asks for the token and sends it on every call)."""
+        self.public_prefixes: set[str] = set()
 
     def authorised(self, authorization: str) -> bool:
         if not self.token:
             return True
         return hmac.compare_digest(authorization.encode("utf-8", "replace"), b"Bearer " + self.token)
 
+    def public(self, path: str) -> bool:
+        return path in self.public_paths or any(path.startswith(p) for p in self.public_prefixes)
+
     async def handle(self, request: ApiRequest) -> ApiResponse:
-        if not self.authorised(request.authorization):
+        path = request.path.rstrip("/") or "/"
+        if not self.public(path) and not self.authorised(request.authorization):
             return ApiResponse.json(401, {"error": "unauthorized"})
         if request.method not in ("GET", "HEAD"):
             return ApiResponse.json(405, {"error": "only GET is supported"})
-        path = request.path.rstrip("/") or "/"
         route = self.routes.get(path)
         if route is not None:
             return await route(request)

@@ -1,0 +1,309 @@
+"""Checking the addon's option values, and reading the solving key from a file.
+
+Why the start-up check exists: mitmproxy keeps a ``--set name=value`` (or a ``config.yaml`` entry) for an option no
+addon has registered yet as "deferred", and applies it in ``AddonManager.register`` right after the script's
+``load()`` hooks ran. A value it cannot parse there raises ``OptionsError`` out of the script loader's reload task,
+which nobody awaits: no message at any verbosity, the script's addons never join the chain, and the proxy runs on
+without them. So the last addon's ``load()`` (``OptionCheck`` below) converts and validates the deferred values of
+this addon's options itself first. A bad one is removed from the deferred set (the option keeps its default) and
+logged as an ERROR; mitmproxy's ``ErrorCheck`` addon then stops mitmdump/mitmweb/mitmproxy at start-up with exit
+code 1, as a bad built-in option does. Were the script loaded after start-up (when ``ErrorCheck`` no longer
+watches), the addon would run with that option on its default after the ERROR line.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+import re
+import stat
+import urllib.parse
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from mitmproxy import exceptions, flowfilter
+from mitmproxy.optmanager import OptManager, _UnconvertedStrings
+
+logger = logging.getLogger(__name__)
+
+PREFIXES = ("captcha_", "omocaptcha_")
+"""Option names the addon owns; a deferred name with one of these prefixes that nobody registered is a typo."""
+SECRETS = frozenset({"omocaptcha_key", "captcha_api_token"})
+"""Options whose value never appears in a message."""
+KEY_ENV = "OMOCAPTCHA_KEY"
+KEY_FILE_MAX = 4096
+_UNSAFE_MODE_BITS = stat.S_IRWXG | stat.S_IRWXO
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_HOST_NAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?$")
+_STREAM_NAME = re.compile(r"^\S{1,200}$")
+SOLVER_NAMES = ("local", "omocaptcha", "omocaptcha-v2")
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """What one option accepts: its type and a check of the value (False: refused), described for people."""
+
+    type: type
+    accepted: str
+    check: Callable[[Any], bool] = lambda _value: True
+
+
+def _int_range(low: int, high: int, unit: str) -> Rule:
+    return Rule(int, f"an integer from {low} to {high} ({unit})", lambda v: low <= v <= high)
+
+
+def _http_url(value: str) -> bool:
+    parts = urllib.parse.urlsplit(value.strip())
+    return parts.scheme in ("http", "https") and bool(parts.hostname) and not any(c.isspace() for c in value.strip())
+
+
+def _redis_url(value: str) -> bool:
+    if not value:
+        return True
+    parts = urllib.parse.urlsplit(value)
+    if parts.scheme == "unix":
+        return bool(parts.path)
+    return parts.scheme in ("redis", "rediss") and bool(parts.hostname)
+
+
+def _client_key(value: str) -> bool:
+    if value in ("ip", "proxyauth"):
+        return True
+    name = value.removeprefix("header:").strip()
+    return value.startswith("header:") and _HEADER_NAME.match(name) is not None
+
+
+def _filter(value: str) -> bool:
+    if not value.strip():
+        return True
+    try:
+        flowfilter.parse(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _solvers(value: str) -> bool:
+    names = [n.strip() for n in value.split(",")]
+    if names in (["auto"], ["none"]):
+        return True
+    return all(n in SOLVER_NAMES for n in names) and len(set(names)) == len(names)
+
+
+def _token(value: str) -> bool:
+    # The token travels in an Authorization header, whose value HTTP parsers strip: spaces around it never match.
+    return value == value.strip() and value.isprintable()
+
+
+def _key(value: str) -> bool:
+    # The addon strips the key; whitespace or control characters inside it are a pasting accident.
+    key = value.strip()
+    return key.isprintable() and not any(c.isspace() for c in key)
+
+
+def _key_file(value: str) -> bool:
+    if value:
+        read_key_file(value, warn=False)  # raises OptionsError naming the path and what is wrong with it
+    return True
+
+
+RULES: Mapping[str, Rule] = {
+    "omocaptcha_key": Rule(str, "the key alone: printable, no spaces inside (or empty)", _key),
+    "omocaptcha_key_file": Rule(str, "the path of a readable file holding the key (or empty)", _key_file),
+    "omocaptcha_url": Rule(str, "an http:// or https:// URL with a host", _http_url),
+    "omocaptcha_v2_url": Rule(str, "an http:// or https:// URL with a host", _http_url),
+    "captcha_sidecar": Rule(str, 'a file path, or "" for none', lambda v: "\0" not in v),
+    "captcha_save_dir": Rule(str, 'a directory path, or "" for none', lambda v: "\0" not in v),
+    "captcha_save_max_mb": _int_range(1, 1_000_000, "megabytes"),
+    "captcha_client_key": Rule(str, "ip, proxyauth or header:NAME (NAME an HTTP header name)", _client_key),
+    "captcha_width_view": _int_range(1, 10_000, "pixels"),
+    "captcha_poll_ms": _int_range(1, 60_000, "milliseconds"),
+    "captcha_timeout": _int_range(1, 86_400, "seconds"),
+    "captcha_max_jobs": _int_range(1, 10_000, "jobs"),
+    "captcha_max_waiting": _int_range(0, 1_000_000, "challenges"),
+    "captcha_pair_window": _int_range(1, 3_600, "seconds"),
+    "captcha_host": Rule(str, "a host name such as captcha.mitm", lambda v: _HOST_NAME.match(v.strip()) is not None),
+    "captcha_api_token": Rule(str, "printable, without spaces around it (or empty)", _token),
+    "captcha_hold": Rule(bool, "true or false"),
+    "captcha_get_filter": Rule(str, 'a mitmproxy filter expression (e.g. "~d example.com & ~u /captcha/get"), '
+                                    'or "" for the built-in rules', _filter),
+    "captcha_image_filter": Rule(str, 'a mitmproxy filter expression, or "" for the built-in rules', _filter),
+    "captcha_verify_filter": Rule(str, 'a mitmproxy filter expression, or "" for the built-in rules', _filter),
+    "captcha_solvers": Rule(str, f"auto, none, or a comma-separated list of {', '.join(SOLVER_NAMES)}", _solvers),
+    "captcha_local_confidence": _int_range(0, 100, "percent"),
+    "captcha_redis": Rule(str, 'a redis://, rediss:// or unix:// URL, or "" for none', _redis_url),
+    "captcha_redis_stream": Rule(str, "a stream name without spaces", lambda v: _STREAM_NAME.match(v) is not None),
+}
+
+_TYPE_WORDS = {bool: "true or false", int: "an integer", str: "text"}
+
+
+def shown(name: str, value: object) -> str:
+    """``name=value`` for a message; a secret's value is never shown."""
+    return f"{name}=<hidden>" if name in SECRETS else f"{name}={value!r}"
+
+
+def _refuse(name: str, value: object, accepted: str) -> exceptions.OptionsError:
+    return exceptions.OptionsError(f"{shown(name, value)}: must be {accepted}")
+
+
+def validate(name: str, value: object) -> None:
+    """Raise ``OptionsError("name=value: must be <what is accepted>")`` unless ``value`` suits option ``name``.
+
+    Names the table does not know pass (mitmproxy has checked their type).
+    """
+    rule = RULES.get(name)
+    if rule is None:
+        return
+    if type(value) is not rule.type:  # not isinstance: True is an int, and must not pass for a number of seconds
+        raise _refuse(name, value, rule.accepted)
+    if not rule.check(value):
+        raise _refuse(name, value, rule.accepted)
+
+
+def validate_updated(options: OptManager, updated: Iterable[str]) -> None:
+    """For ``configure(updated)``: validate every updated option the table knows, with its current value."""
+    for name in sorted(set(updated) & RULES.keys()):
+        validate(name, getattr(options, name))
+
+
+def convert(name: str, raw: object, expected: type, current: object = None) -> object:
+    """A deferred value as mitmproxy would apply it: ``--set`` strings parsed, ``config.yaml`` values type-checked.
+
+    Raises ``OptionsError`` naming the option, the value and what is accepted.
+    """
+    accepted = RULES[name].accepted if name in RULES else _TYPE_WORDS.get(expected, expected.__name__)
+    if not isinstance(raw, _UnconvertedStrings):
+        if type(raw) is not expected:
+            hint = " (in quotes, in config.yaml)" if expected is str else ""
+            raise _refuse(name, raw, accepted + hint)
+        return raw
+    if len(raw.val) > 1:
+        raise exceptions.OptionsError(f"{name} was given {len(raw.val)} times: give it once")
+    text = raw.val[0] if raw.val else None
+    if expected is bool:
+        if text in (None, "", "true"):
+            return True
+        if text == "false":
+            return False
+        if text == "toggle":
+            return not current
+        raise _refuse(name, text, accepted)
+    if text is None:
+        raise exceptions.OptionsError(f"{name} needs a value: --set {name}=VALUE, VALUE {accepted}")
+    if expected is int:
+        try:
+            return int(text)
+        except ValueError:
+            raise _refuse(name, text, accepted) from None
+    return text
+
+
+def check_deferred(options: OptManager) -> list[str]:
+    """Check the pending ``--set``/``config.yaml`` values of the addon's registered options before mitmproxy applies
+    them. Each bad one is dropped (its option keeps the default) and logged as an ERROR; the messages are returned.
+
+    Call it once every addon option has been registered: from the ``load()`` of the last addon of the script.
+    """
+    errors: list[str] = []
+    for name, raw in list(options.deferred.items()):
+        if not name.startswith(PREFIXES) or name not in options:
+            continue
+        current = getattr(options, name)
+        try:
+            value = convert(name, raw, type(options.default(name)), current)
+            validate(name, value)
+        except exceptions.OptionsError as e:
+            del options.deferred[name]
+            errors.append(str(e))
+            logger.error(f"captcha: invalid option {e}")
+        else:
+            options.deferred[name] = value
+    return errors
+
+
+def unknown_names(options: OptManager) -> list[str]:
+    """Warn about pending ``captcha_*``/``omocaptcha_*`` names no addon registered (typos); returns the warnings."""
+    registered: set[str] = options.keys()  # OptManager has no __iter__
+    ours = sorted(name for name in registered if name.startswith(PREFIXES))
+    warnings: list[str] = []
+    for name in sorted(options.deferred):
+        if name.startswith(PREFIXES) and name not in options:
+            close = difflib.get_close_matches(name, ours, n=1, cutoff=0.85)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            warnings.append(f"captcha: {name} is not an option of the captcha addon, so it is ignored{hint}")
+            logger.warning(warnings[-1])
+    return warnings
+
+
+class OptionCheck:
+    """The last addon of the script: its ``load()`` runs after every other addon registered its options."""
+
+    def load(self, loader: Any) -> None:
+        options: OptManager = loader.master.options
+        check_deferred(options)
+        unknown_names(options)
+
+
+def read_key_file(path: str, *, warn: bool = True) -> str:
+    """The solving key held in the file at ``path`` (``~`` expanded): its content, stripped.
+
+    Raises ``OptionsError`` naming the path (never the content) when the file is missing, not a regular file,
+    unreadable, too large, not UTF-8, empty, or holds more than one word. Logs a warning (unless ``warn`` is false)
+    when group or others have any access to it.
+    """
+    full = os.path.expanduser(path)
+    what = f"omocaptcha_key_file {path!r}"
+    try:
+        fd = os.open(full, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO must not block the start
+    except FileNotFoundError:
+        raise exceptions.OptionsError(f"{what}: no such file") from None
+    except OSError as e:
+        raise exceptions.OptionsError(f"{what}: cannot be read: {e.strerror}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise exceptions.OptionsError(f"{what}: not a regular file")
+        if info.st_size > KEY_FILE_MAX:
+            raise exceptions.OptionsError(f"{what}: {info.st_size} bytes, more than a key ({KEY_FILE_MAX} at most)")
+        try:
+            data = os.read(fd, KEY_FILE_MAX + 1)
+        except OSError as e:
+            raise exceptions.OptionsError(f"{what}: cannot be read: {e.strerror}") from None
+    finally:
+        os.close(fd)
+    try:
+        key = data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise exceptions.OptionsError(f"{what}: not UTF-8 text") from None
+    if not key:
+        raise exceptions.OptionsError(f"{what}: the file is empty")
+    if any(c.isspace() for c in key) or not key.isprintable():
+        raise exceptions.OptionsError(f"{what}: must hold the key alone, on one line")
+    if warn and info.st_mode & _UNSAFE_MODE_BITS:
+        logger.warning(f"captcha: omocaptcha_key_file {path!r} is open to group or others "
+                       f"(mode {stat.S_IMODE(info.st_mode):04o}); run: chmod 600 {full}")
+    return key
+
+
+@dataclass(frozen=True, slots=True)
+class Key:
+    value: str
+    source: str
+    """Where it came from, for log lines: "omocaptcha_key", "omocaptcha_key_file /path", "OMOCAPTCHA_KEY" or ""."""
+
+
+def resolve_key(key: str, key_file: str, environ: Mapping[str, str]) -> Key:
+    """The solving key: the ``omocaptcha_key`` option, else the file ``omocaptcha_key_file`` names, else the
+    ``OMOCAPTCHA_KEY`` environment variable, else none (capture only). Both options set is an error."""
+    key, key_file = key.strip(), key_file.strip()
+    if key and key_file:
+        raise exceptions.OptionsError("omocaptcha_key and omocaptcha_key_file are both set: set only one")
+    if key:
+        return Key(key, "omocaptcha_key")
+    if key_file:
+        return Key(read_key_file(key_file), f"omocaptcha_key_file {key_file}")
+    from_env = environ.get(KEY_ENV, "").strip()
+    return Key(from_env, KEY_ENV) if from_env else Key("", "")

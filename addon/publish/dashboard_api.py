@@ -1,0 +1,75 @@
+"""The dashboard's side of the API: the page and its files, `/metrics`, and each challenge's images and drawn
+answer from a bounded store. One outlet feeds the metrics and the store from the bus."""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.parse
+from collections.abc import Callable
+from typing import Any
+
+from addon.publish import dashboard
+from addon.publish import events as ev
+from addon.publish.http_api import ApiHandler, ApiRequest, ApiResponse
+from addon.publish.image_store import ImageStore
+from addon.publish.metrics import Metrics
+
+DEFAULT_CHALLENGES = 500
+DEFAULT_MB = 64
+PAGE_HEADERS = {"Content-Security-Policy": dashboard.CONTENT_SECURITY_POLICY}
+IMAGE_HEADERS = {"X-Content-Type-Options": "nosniff"}
+
+
+class Dashboard:
+    def __init__(self, *, in_flight: Callable[[], int], waiting: Callable[[], int],
+                 balance: Callable[[], dict[str, Any]]):
+        self.images = ImageStore(DEFAULT_CHALLENGES, DEFAULT_MB * 1024 * 1024)
+        self.metrics = Metrics(in_flight=in_flight, waiting=waiting, balance=balance)
+
+    def register(self, handler: ApiHandler) -> None:
+        handler.routes["/"] = self._page
+        handler.routes["/metrics"] = self._scrape
+        handler.prefix_routes["/dashboard/"] = self._static
+        handler.prefix_routes["/v1/challenges/"] = self._challenge_files
+        handler.public_paths.add("/")
+        handler.public_prefixes.add("/dashboard/")
+
+    def __call__(self, event: ev.Event) -> None:
+        """The bus outlet: counts every event, and keeps each answer beside its images."""
+        self.metrics.observe(event.to_json())
+        if isinstance(event, ev.Solved):
+            self.images.set_answer(event.challenge, event.answer.to_json(), event.kind)
+
+    def keep_images(self, event: ev.Captured | ev.Expired, bodies: dict[str, tuple[bytes, str]]) -> None:
+        """The bus's image outlet: the bytes of a captured (or expired) challenge's parts."""
+        for role, (body, fmt) in bodies.items():
+            self.images.put(event.challenge, role, body, fmt)
+        tip_y = event.tip_y if isinstance(event, ev.Captured) else None
+        self.images.set_kind(event.challenge, event.kind, tip_y)
+
+    async def _page(self, request: ApiRequest) -> ApiResponse:
+        body, content_type = dashboard.asset("index.html") or (b"", "text/html")
+        return ApiResponse(200, body, content_type, PAGE_HEADERS)
+
+    async def _static(self, request: ApiRequest, name: str) -> ApiResponse:
+        found = dashboard.asset(name) if name else None
+        return ApiResponse(200, *found) if found else ApiResponse.json(404, {"error": "not found"})
+
+    async def _scrape(self, request: ApiRequest) -> ApiResponse:
+        body, content_type = self.metrics.exposition(request.headers.get("accept", ""))
+        return ApiResponse(200, body, content_type)
+
+    async def _challenge_files(self, request: ApiRequest, rest: str) -> ApiResponse:
+        parts = [urllib.parse.unquote(p) for p in rest.split("/")]
+        found: tuple[bytes, str] | None
+        if len(parts) == 3 and parts[1] == "images":
+            found = self.images.get(parts[0], parts[2])
+        elif len(parts) == 2 and parts[1] == "answer.png":
+            # Drawing takes tens of milliseconds: off the proxy's event loop.
+            png = await asyncio.to_thread(self.images.answer_png, parts[0])
+            found = (png, "image/png") if png is not None else None
+        else:
+            return ApiResponse.json(404, {"error": "not found"})
+        if found is None:
+            return ApiResponse(404, self.images.placeholder_png(), "image/png", IMAGE_HEADERS)
+        return ApiResponse(200, *found, IMAGE_HEADERS)
