@@ -139,6 +139,9 @@ async def test_repeats_are_paid_once_and_a_rejected_answer_moves_to_the_next_sol
         origin_verdicts = origin.stats()["verified"]
     jobs = [r for r in fake.log() if r["path"].endswith(("/createJob", "/createTask"))]
     assert len(jobs) == 4  # 6 challenges: one v1 job and one v2 task per mode
+    # v2 hears how its own (not cached) answers fared; v1 has no such call.
+    reports = [r["body"] for r in fake.log() if r["path"].endswith("/report")]
+    assert sorted(r["isSuccess"] for r in reports) == [True, True] and all(len(r["id"]) == 1 for r in reports)
     assert stats["jobs_sent"] == 4 and stats["cache"]["hits"] == 2
     by = stats["by_service"]
     for kind in ("rotate", "slide"):

@@ -88,6 +88,7 @@ class Answered:
     service: str
     cached: bool
     key: str
+    job_id: str | int | None = None
 
 
 class _Attempt:
@@ -135,6 +136,7 @@ class Scheduler:
         self.verdicts: dict[tuple[str, str], deque[bool]] = {}
         self._demoted: set[tuple[str, str]] = set()
         self._runs: dict[str, _Run] = {}
+        self._reports: set[asyncio.Task[Any]] = set()
         self._slots = asyncio.Semaphore(self.config.max_jobs)
         self._errors = RateLimitedLog(logger)
 
@@ -369,7 +371,7 @@ class Scheduler:
         c = run.captured
         if not cached:
             self.cache.put(run.key, service, solution)
-        self.answered[c.challenge_id] = Answered(c.client, str(c.kind), service, cached, run.key)
+        self.answered[c.challenge_id] = Answered(c.client, str(c.kind), service, cached, run.key, job_id)
         if len(self.answered) > MAX_ANSWERED:
             self.answered.popitem(last=False)
         self.bus.emit(ev.Solved(
@@ -400,7 +402,20 @@ class Scheduler:
             self.cache.rejected(answered.key, answered.service)
         if self.config.adaptive and not answered.cached:
             self._track(answered.service, answered.kind, accepted)
+        self._report(answered, accepted)
         return answered
+
+    def _report(self, answered: Answered, accepted: bool) -> None:
+        """Tells a service that takes reports (omocaptcha v2's `report`) how its answer fared; best effort."""
+        state = self.services.get(answered.service)
+        report = getattr(state.solver, "report", None) if state is not None else None
+        if report is None or answered.cached or answered.job_id is None:
+            return
+        with contextlib.suppress(RuntimeError):
+            task = asyncio.get_running_loop().create_task(report(str(answered.job_id), accepted),
+                                                          name=f"captcha-report-{answered.service}")
+            self._reports.add(task)
+            task.add_done_callback(self._reports.discard)
 
     def _track(self, service: str, kind: str, accepted: bool) -> None:
         window = self.verdicts.setdefault((service, kind), deque(maxlen=ADAPTIVE_WINDOW))
