@@ -7,6 +7,7 @@ from typing import Any
 from addon.capture.clients import ClientKeyer
 from addon.mitm.api import CaptchaApi
 from addon.mitm.capture import CaptchaCapture
+from addon.mitm.options import OptionCheck, OptionGuard
 from addon.mitm.outlets import CaptchaEvents
 from addon.mitm.solving import CaptchaSolving
 from addon.publish.board import Board
@@ -63,5 +64,7 @@ def build_addons() -> list[Any]:
     bus.subscribe_images("dashboard", dashboard.keep_images)
     events.dashboard = dashboard
     api = CaptchaApi(handler, keyer, stream)
-    # Order matters at shutdown: capture and solving write their last events before the sidecar closes.
-    return [api, capture, solving, events]
+    # OptionGuard first (it refuses a bad value before the others see it), OptionCheck last (it checks the --set
+    # values once every option is registered). Order matters at shutdown too: capture and solving write their last
+    # events before the sidecar closes.
+    return [OptionGuard(), api, capture, solving, events, OptionCheck()]

@@ -15,15 +15,16 @@ from __future__ import annotations
 
 import difflib
 import logging
+import math
 import os
 import re
 import stat
 import urllib.parse
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from mitmproxy import exceptions, flowfilter
+from mitmproxy import ctx, exceptions, flowfilter
 from mitmproxy.optmanager import OptManager, _UnconvertedStrings
 
 logger = logging.getLogger(__name__)
@@ -38,7 +39,8 @@ _UNSAFE_MODE_BITS = stat.S_IRWXG | stat.S_IRWXO
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _HOST_NAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?$")
 _STREAM_NAME = re.compile(r"^\S{1,200}$")
-SOLVER_NAMES = ("local", "omocaptcha", "omocaptcha-v2")
+SOLVER_NAMES = ("local", "omocaptcha", "omocaptcha-v1", "omocaptcha-v2")
+"""As addon/solving/chain.py reads captcha_solvers: omocaptcha is omocaptcha-v1; case and spaces do not matter."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,10 +88,20 @@ def _filter(value: str) -> bool:
 
 
 def _solvers(value: str) -> bool:
-    names = [n.strip() for n in value.split(",")]
-    if names in (["auto"], ["none"]):
+    text = value.strip().lower()
+    if text in ("", "auto", "none"):
         return True
-    return all(n in SOLVER_NAMES for n in names) and len(set(names)) == len(names)
+    names = [n.strip() for n in text.split(",")]
+    canonical = ["omocaptcha-v1" if n == "omocaptcha" else n for n in names]
+    return all(n in SOLVER_NAMES for n in names) and len(set(canonical)) == len(canonical)
+
+
+def _usd(value: str) -> bool:
+    try:
+        amount = float(value)
+    except ValueError:
+        return False
+    return math.isfinite(amount) and amount >= 0
 
 
 def _token(value: str) -> bool:
@@ -109,12 +121,24 @@ def _key_file(value: str) -> bool:
     return True
 
 
+def _writable_file(value: str) -> bool:
+    if "\0" in value:
+        return False
+    if not value:
+        return True
+    path = os.path.expanduser(value)
+    folder = os.path.dirname(path) or "."
+    if os.path.exists(path):
+        return os.path.isfile(path) and os.access(path, os.W_OK)
+    return os.path.isdir(folder) and os.access(folder, os.W_OK | os.X_OK)
+
+
 RULES: Mapping[str, Rule] = {
     "omocaptcha_key": Rule(str, "the key alone: printable, no spaces inside (or empty)", _key),
     "omocaptcha_key_file": Rule(str, "the path of a readable file holding the key (or empty)", _key_file),
     "omocaptcha_url": Rule(str, "an http:// or https:// URL with a host", _http_url),
     "omocaptcha_v2_url": Rule(str, "an http:// or https:// URL with a host", _http_url),
-    "captcha_sidecar": Rule(str, 'a file path, or "" for none', lambda v: "\0" not in v),
+    "captcha_sidecar": Rule(str, 'a writable file path, or "" for none', _writable_file),
     "captcha_save_dir": Rule(str, 'a directory path, or "" for none', lambda v: "\0" not in v),
     "captcha_save_max_mb": _int_range(1, 1_000_000, "megabytes"),
     "captcha_client_key": Rule(str, "ip, proxyauth or header:NAME (NAME an HTTP header name)", _client_key),
@@ -131,11 +155,21 @@ RULES: Mapping[str, Rule] = {
                                     'or "" for the built-in rules', _filter),
     "captcha_image_filter": Rule(str, 'a mitmproxy filter expression, or "" for the built-in rules', _filter),
     "captcha_verify_filter": Rule(str, 'a mitmproxy filter expression, or "" for the built-in rules', _filter),
-    "captcha_solvers": Rule(str, f"auto, none, or a comma-separated list of {', '.join(SOLVER_NAMES)}", _solvers),
+    "captcha_solvers": Rule(str, "auto, none, or a comma-separated list of local, omocaptcha (= omocaptcha-v1), "
+                                 "omocaptcha-v2", _solvers),
     "captcha_local_confidence": _int_range(0, 100, "percent"),
+    "captcha_cache_size": _int_range(0, 10_000_000, "answers; 0 turns the cache off"),
+    "captcha_low_balance": Rule(str, "an amount of US dollars, 0 or more (e.g. 0.5)", _usd),
+    "captcha_adaptive": Rule(bool, "true or false"),
+    "captcha_metrics_by_client": Rule(bool, "true or false"),
+    "captcha_dashboard_challenges": _int_range(0, 1_000_000, "challenges"),
+    "captcha_dashboard_mb": _int_range(0, 1_000_000, "megabytes"),
     "captcha_redis": Rule(str, 'a redis://, rediss:// or unix:// URL, or "" for none', _redis_url),
     "captcha_redis_stream": Rule(str, "a stream name without spaces", lambda v: _STREAM_NAME.match(v) is not None),
 }
+
+EXCLUSIVE = (("omocaptcha_key", "omocaptcha_key_file"),)
+"""Options that must not both be set (checked on the values given at start-up; configure checks later changes)."""
 
 _TYPE_WORDS = {bool: "true or false", int: "an integer", str: "text"}
 
@@ -221,6 +255,11 @@ def check_deferred(options: OptManager) -> list[str]:
             logger.error(f"captcha: invalid option {e}")
         else:
             options.deferred[name] = value
+    for first, second in EXCLUSIVE:
+        if all(isinstance(options.deferred.get(n), str) and options.deferred[n].strip() for n in (first, second)):
+            del options.deferred[second]
+            errors.append(f"{first} and {second} are both set: set only one")
+            logger.error(f"captcha: invalid options: {errors[-1]}")
     return errors
 
 
@@ -239,12 +278,21 @@ def unknown_names(options: OptManager) -> list[str]:
 
 
 class OptionCheck:
-    """The last addon of the script: its ``load()`` runs after every other addon registered its options."""
+    """The LAST addon of the script: its ``load()`` runs after every other addon registered its options, and before
+    mitmproxy applies the deferred values."""
 
     def load(self, loader: Any) -> None:
         options: OptManager = loader.master.options
         check_deferred(options)
         unknown_names(options)
+
+
+class OptionGuard:
+    """The FIRST addon of the script: a bad value set later (mitmweb's options page, mitmproxy's ``:set``) is
+    refused with the table's message before any other addon of the script sees it; mitmproxy rolls it back."""
+
+    def configure(self, updated: set[str]) -> None:
+        validate_updated(ctx.options, updated)
 
 
 def read_key_file(path: str, *, warn: bool = True) -> str:
@@ -255,7 +303,7 @@ def read_key_file(path: str, *, warn: bool = True) -> str:
     when group or others have any access to it.
     """
     full = os.path.expanduser(path)
-    what = f"omocaptcha_key_file {path!r}"
+    what = f"omocaptcha_key_file={path!r}"
     try:
         fd = os.open(full, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO must not block the start
     except FileNotFoundError:
@@ -290,8 +338,8 @@ def read_key_file(path: str, *, warn: bool = True) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Key:
-    value: str
-    source: str
+    value: str = field(repr=False)
+    source: str = ""
     """Where it came from, for log lines: "omocaptcha_key", "omocaptcha_key_file /path", "OMOCAPTCHA_KEY" or ""."""
 
 

@@ -13,6 +13,7 @@ from addon.publish.bus import EventBus, QueuedOutlet
 from addon.publish.dashboard_api import DEFAULT_CHALLENGES, DEFAULT_MB, Dashboard
 from addon.publish.events import Event
 from addon.publish.logline import log_event
+from addon.publish.save_dir import SaveDir
 from addon.publish.sidecar import SidecarWriter, check_writable
 
 logger = logging.getLogger(__name__)
@@ -25,6 +26,7 @@ class CaptchaEvents:
         self.sidecar: SidecarWriter | None = None
         self._sidecar_queue: QueuedOutlet | None = None
         self.dashboard: Dashboard | None = None
+        self.save_dir: SaveDir | None = None
         bus.subscribe("board", board.add)
         bus.subscribe("log", log_event)
 
@@ -33,6 +35,11 @@ class CaptchaEvents:
             "captcha_sidecar", str, "captcha-events.jsonl",
             'JSON Lines file every captcha event is appended to (created 0600); "" turns it off.',
         )
+        loader.add_option("captcha_save_dir", str, "",
+                          "Folder where each captured challenge's images and events are kept, one folder per "
+                          'challenge (0700, files 0600), labelled once the site accepts the answer; "" turns it off.')
+        loader.add_option("captcha_save_max_mb", int, 1024,
+                          "Bound of captcha_save_dir in megabytes; the oldest challenges are removed first.")
         loader.add_option("captcha_metrics_by_client", bool, False,
                           "Label the /metrics counters by client too (one series per device: mind the cardinality).")
         loader.add_option("captcha_dashboard_challenges", int, DEFAULT_CHALLENGES,
@@ -46,10 +53,14 @@ class CaptchaEvents:
             if "captcha_metrics_by_client" in updated:
                 self.dashboard.metrics.set_by_client(o.captcha_metrics_by_client)
             if {"captcha_dashboard_challenges", "captcha_dashboard_mb"} & updated:
-                for name in ("captcha_dashboard_challenges", "captcha_dashboard_mb"):
-                    if getattr(o, name) < 0:
-                        raise exceptions.OptionsError(f"{name}={getattr(o, name)!r}: must be 0 or more")
                 self.dashboard.images.resize(o.captcha_dashboard_challenges, o.captcha_dashboard_mb * 1024 * 1024)
+        if {"captcha_save_dir", "captcha_save_max_mb"} & updated:
+            self._close_save_dir()
+            root = os.path.expanduser(o.captcha_save_dir)
+            if root:
+                save = self.save_dir = SaveDir(root, o.captcha_save_max_mb * 1024 * 1024)
+                self.bus.subscribe("save-dir", lambda event: save.on_event(event.to_json()))
+                self.bus.subscribe_images("save-dir", self._save_images(save))
         if "captcha_sidecar" in updated:
             path = os.path.expanduser(ctx.options.captcha_sidecar)
             if path:
@@ -79,6 +90,19 @@ class CaptchaEvents:
                 writer.flush()
         return retry
 
+    @staticmethod
+    def _save_images(save: SaveDir) -> Any:
+        def keep(event: Event, bodies: dict[str, tuple[bytes, str]]) -> None:
+            if event.name == "captured":  # an expired challenge's parts are not a sample
+                save.on_captured(event.to_json(), {role: body for role, (body, _fmt) in bodies.items()})
+        return keep
+
+    def _close_save_dir(self) -> None:
+        self.bus.unsubscribe("save-dir")
+        if self.save_dir is not None:
+            self.save_dir.close()
+        self.save_dir = None
+
     def _close_sidecar(self) -> None:
         self.bus.unsubscribe("sidecar")
         if self._sidecar_queue is not None:
@@ -92,4 +116,5 @@ class CaptchaEvents:
             self._sidecar_queue.drain(timeout)
 
     def done(self) -> None:
+        self._close_save_dir()
         self._close_sidecar()

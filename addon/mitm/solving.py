@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from typing import Any
 
 import httpx
 from mitmproxy import ctx, exceptions
 
+from addon.mitm import options
 from addon.solving import omocaptcha_v1
 from addon.solving.chain import ACCEPTED, V2_DEFAULT_URL, ChainSettings, SolverFactory, parse_solvers
 from addon.solving.scheduler import Scheduler, SchedulerConfig
@@ -17,9 +17,9 @@ from addon.solving.scheduler import Scheduler, SchedulerConfig
 logger = logging.getLogger(__name__)
 
 OPTIONS = frozenset({
-    "omocaptcha_key", "omocaptcha_url", "omocaptcha_v2_url", "captcha_solvers", "captcha_local_confidence",
-    "captcha_width_view", "captcha_poll_ms", "captcha_timeout", "captcha_max_jobs", "captcha_max_waiting",
-    "captcha_cache_size", "captcha_low_balance", "captcha_adaptive",
+    "omocaptcha_key", "omocaptcha_key_file", "omocaptcha_url", "omocaptcha_v2_url", "captcha_solvers",
+    "captcha_local_confidence", "captcha_width_view", "captcha_poll_ms", "captcha_timeout", "captcha_max_jobs",
+    "captcha_max_waiting", "captcha_cache_size", "captcha_low_balance", "captcha_adaptive",
 })
 DEFAULT_LOCAL_CONFIDENCE = 50
 
@@ -29,11 +29,15 @@ class CaptchaSolving:
         self.scheduler = scheduler
         self._http: httpx.AsyncClient | None = None
         self._factory: SolverFactory | None = None
+        self._key = options.Key("", "")
 
     def load(self, loader: Any) -> None:
         loader.add_option("omocaptcha_key", str, "",
                           "omocaptcha API key; empty: the OMOCAPTCHA_KEY environment variable. Prefer the "
-                          "environment variable: --set puts the key in ps and shell history.")
+                          "environment variable or omocaptcha_key_file: --set puts the key in ps and shell history.")
+        loader.add_option("omocaptcha_key_file", str, "",
+                          "File holding the omocaptcha key alone (chmod 600): keeps the key out of the command line, "
+                          "the environment and config files. Only one of omocaptcha_key and this.")
         loader.add_option("omocaptcha_url", str, omocaptcha_v1.DEFAULT_URL, "Base URL of omocaptcha's v1 job API.")
         loader.add_option("omocaptcha_v2_url", str, V2_DEFAULT_URL, "Base URL of omocaptcha's v2 task API.")
         loader.add_option("captcha_solvers", str, "auto",
@@ -60,25 +64,13 @@ class CaptchaSolving:
     def configure(self, updated: set[str]) -> None:
         if not OPTIONS & updated:
             return
-        o = ctx.options
-        for name in ("omocaptcha_url", "omocaptcha_v2_url"):
-            url = getattr(o, name).strip()
-            if not re.match(r"^https?://[^/\s]+", url):
-                raise exceptions.OptionsError(f"{name}={url!r}: must be an http(s) URL")
-        for name in ("captcha_width_view", "captcha_poll_ms", "captcha_timeout", "captcha_max_jobs"):
-            if getattr(o, name) <= 0:
-                raise exceptions.OptionsError(f"{name}={getattr(o, name)!r}: must be a positive integer")
-        for name in ("captcha_max_waiting", "captcha_cache_size"):
-            if getattr(o, name) < 0:
-                raise exceptions.OptionsError(f"{name}={getattr(o, name)!r}: must be 0 or more")
-        if not 0 <= o.captcha_local_confidence <= 100:
-            raise exceptions.OptionsError(f"captcha_local_confidence={o.captcha_local_confidence!r}: must be 0-100")
-        try:
-            low_balance = float(o.captcha_low_balance)
-        except ValueError:
-            raise exceptions.OptionsError(
-                f"captcha_low_balance={o.captcha_low_balance!r}: must be a number of USD") from None
-        key = self.key()
+        o = ctx.options  # values were checked by OptionGuard (addon/mitm/options.py) before this runs
+        low_balance = float(o.captcha_low_balance)
+        found = options.resolve_key(o.omocaptcha_key, o.omocaptcha_key_file, os.environ)
+        if found != self._key:
+            logger.info(f"captcha: solving key from {found.source or 'nowhere (no paid service can be used)'}")
+        self._key = found
+        key = found.value
         try:
             names = parse_solvers(o.captcha_solvers, key)
         except ValueError as e:
@@ -100,7 +92,7 @@ class CaptchaSolving:
             logger.info("captcha: captcha_solvers=none: capturing only")
 
     def key(self) -> str:
-        return str(ctx.options.omocaptcha_key).strip() or os.environ.get("OMOCAPTCHA_KEY", "").strip()
+        return self._key.value
 
     def running(self) -> None:
         self.scheduler.start()

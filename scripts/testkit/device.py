@@ -14,13 +14,15 @@ The captcha flow follows ``/work/shared/captcha-traffic.md``: ``get_challenge`` 
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import ipaddress
 import json
 import random
 import ssl
+import sys
 import typing
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -522,3 +524,110 @@ class Fleet:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+
+# -- command line: drive a few challenges through a running proxy --------------------------------------------------
+
+DEFAULT_CA = Path("~/.mitmproxy/mitmproxy-ca-cert.pem")
+
+
+async def drive(device: Device, modes: Sequence[str], *, scheme: str = "https", wait: float = 30.0,
+                verify: bool = False) -> list[dict[str, Any]]:
+    """Each mode in turn, as a phone does it: the get, then its images, then the answer from ``/v1/answer/wait``
+    (and with ``verify`` the answer posted to the site). One result per challenge:
+    ``{"challenge", "mode", "images": {role: bytes}, "captured": bool, "event": final event or None, "verified"}``.
+    """
+    results: list[dict[str, Any]] = []
+    for mode in modes:
+        challenge = await device.get_challenge(mode, scheme=scheme)
+        images = await device.fetch_images(challenge, order="normal")
+        r = await device.api("/v1/answer/wait", timeout=wait)
+        event = r.json() if r.status_code == 200 else None
+        if event is not None and event.get("challenge") != challenge.id:
+            event = None  # an answer of an older challenge of this device
+        captured = event is not None
+        if not captured:
+            events = (await device.api("/v1/events", limit=200)).json().get("events", [])
+            captured = any(e.get("challenge") == challenge.id and e.get("event") == "captured" for e in events)
+        verified: bool | None = None
+        if verify and event is not None and event.get("event") == "solved":
+            answer = event["answer"]
+            if challenge.mode == "slide":
+                verified = await device.verify(challenge, answer["x"], width=answer["width_view"])
+            else:
+                verified = await device.verify(challenge, answer["value"])
+        results.append({"challenge": challenge.id, "mode": challenge.mode,
+                        "images": {role: len(body) for role, body in images.items()}, "captured": captured,
+                        "event": event, "verified": verified})
+    return results
+
+
+def describe(result: Mapping[str, Any], wait: float) -> str:
+    """One line for a person: what happened to the challenge."""
+    head = f"{result['mode']:<5} {result['challenge'][:16]}: "
+    event = result["event"]
+    if event is None:
+        seen = "captured, " if result["captured"] else "NOT captured, "
+        return head + seen + f"no answer within {wait:g} s (is a solver or key configured?)"
+    if event["event"] == "failed":
+        return head + f"failed: {event.get('reason')} ({event.get('message')})"
+    answer = event.get("answer") or {}
+    if result["mode"] == "slide":
+        told = f"drag the piece to x={answer.get('x')} of {answer.get('width_view')} px"
+    else:
+        angle = answer.get("angle")
+        turn = f" (turn {angle:.1f} degrees)" if isinstance(angle, int | float) else ""
+        told = f"slide {answer.get('value')} px on the 340-px widget{turn}"
+    line = head + f"solved by {event.get('service')} in {event.get('elapsed_ms')} ms: {told}"
+    if result["verified"] is not None:
+        line += "; the site said " + ("pass" if result["verified"] else "FAIL")
+    return line
+
+
+def _modes(mode: str, count: int) -> list[str]:
+    cycle = ("whirl", "slide") if mode == "both" else (mode,)
+    return [cycle[i % len(cycle)] for i in range(count)]
+
+
+async def _run(args: argparse.Namespace) -> list[dict[str, Any]]:
+    async with Device(args.ip, args.proxy, args.ca.expanduser(), timeout=args.wait + 15) as device:
+        return await drive(device, _modes(args.mode, args.count), scheme=args.scheme, wait=args.wait,
+                           verify=args.verify)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m scripts.testkit.device",
+        description="Drive captcha challenges through a running mitmdump with the addon, like a phone: the get, "
+                    "the images, then the answer from the addon's HTTP API; print each answer. For the test kit "
+                    "(mitmdump with scripts/testkit/redirect.py and a test origin): see README, Testing.",
+        epilog="Exit status: 0 when every challenge got a final answer (solved or failed), 2 otherwise.")
+    p.add_argument("--proxy", default="http://127.0.0.1:8080", help="the proxy (default: %(default)s)")
+    p.add_argument("--ca", type=Path, default=DEFAULT_CA,
+                   help="mitmproxy's CA certificate, for HTTPS (default: %(default)s)")
+    p.add_argument("--mode", choices=("whirl", "slide", "both"), default="both",
+                   help="which challenges to ask for (default: %(default)s, alternating)")
+    p.add_argument("--count", type=int, default=4, help="how many challenges (default: %(default)s)")
+    p.add_argument("--scheme", choices=("https", "http"), default="https", help="default: %(default)s")
+    p.add_argument("--ip", default="127.0.0.1", help="source address of the device (default: %(default)s)")
+    p.add_argument("--wait", type=float, default=30.0, help="seconds to wait per answer, at most 60 (default 30)")
+    p.add_argument("--verify", action="store_true", help="post each answer to the site and report its verdict")
+    p.add_argument("--json", action="store_true", help="print one JSON object per challenge instead")
+    args = p.parse_args(argv)
+    if args.count < 1 or not 0 < args.wait <= 60:
+        p.error("--count must be at least 1 and --wait from 0 to 60")
+    if not args.ca.expanduser().is_file():
+        p.error(f"no CA certificate at {args.ca}: start mitmdump once (it writes one to ~/.mitmproxy) or give --ca")
+    try:
+        results = asyncio.run(_run(args))
+    except httpx.HTTPError as e:
+        print(f"error: {type(e).__name__}: {e} (is the proxy at {args.proxy} running with the addon?)",
+              file=sys.stderr)
+        return 2
+    for result in results:
+        print(json.dumps(result) if args.json else describe(result, args.wait), flush=True)
+    return 0 if all(r["event"] is not None for r in results) else 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
