@@ -7,7 +7,7 @@ from typing import Any
 from addon.capture.clients import ClientKeyer
 from addon.mitm.api import CaptchaApi
 from addon.mitm.capture import CaptchaCapture
-from addon.mitm.options import OptionCheck, OptionGuard
+from addon.mitm.fleet import CaptchaFleet
 from addon.mitm.outlets import CaptchaEvents
 from addon.mitm.solving import CaptchaSolving
 from addon.publish.board import Board
@@ -30,6 +30,8 @@ def build_addons() -> list[Any]:
     capture = CaptchaCapture(bus, scheduler, keyer)
     solving = CaptchaSolving(scheduler)
 
+    fleet: CaptchaFleet | None = None
+
     def stats(client: str | None) -> dict[str, Any]:
         """Counters of the whole proxy, or of one client with ?client=K (then without the job counters)."""
         if client is not None:
@@ -50,6 +52,7 @@ def build_addons() -> list[Any]:
             "services": services,
             "by_service": service_stats.to_json(scheduler.jobs_sent_by_kind()),
             "cache": {"entries": len(scheduler.cache), "hits": scheduler.cache.hits},
+            **(fleet.stats() if fleet is not None else {}),
         }
 
     stream = EventStreamServer(board)
@@ -64,7 +67,8 @@ def build_addons() -> list[Any]:
     bus.subscribe_images("dashboard", dashboard.keep_images)
     events.dashboard = dashboard
     api = CaptchaApi(handler, keyer, stream)
-    # OptionGuard first (it refuses a bad value before the others see it), OptionCheck last (it checks the --set
-    # values once every option is registered). Order matters at shutdown too: capture and solving write their last
-    # events before the sidecar closes.
-    return [OptionGuard(), api, capture, solving, events, OptionCheck()]
+    fleet = CaptchaFleet(bus, scheduler, handler, lambda: stats(None))
+    # The API comes first (its configure refuses bad values before the others see them), fleet last (its load checks
+    # the --set values once every option is registered). Order matters at shutdown too: capture and solving write
+    # their last events before the sidecar and the fleet's stream close.
+    return [api, capture, solving, events, fleet]

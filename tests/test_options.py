@@ -16,10 +16,10 @@ from mitmproxy.test import taddons
 from addon.mitm import options
 from addon.mitm.options import (
     RULES,
-    OptionCheck,
-    OptionGuard,
+    check_at_load,
     check_deferred,
     convert,
+    guard,
     read_key_file,
     resolve_key,
     unknown_names,
@@ -61,8 +61,9 @@ CASES: dict[str, tuple[list[Any], list[Any]]] = {
     "captcha_dashboard_challenges": ([0, 500], [-1, 10**7]),
     "captcha_dashboard_mb": ([0, 64], [-1]),
     "captcha_local_confidence": ([0, 50, 100], [-1, 101]),
-    "captcha_redis": (["", "redis://127.0.0.1:6379/0", "rediss://h:6380", "unix:///run/redis.sock"],
-                      ["127.0.0.1:6379", "http://h", "redis://", "unix://"]),
+    "captcha_redis_maxlen": ([0, 100_000], [-1, "x"]),
+    "captcha_redis_backlog": ([0, 10_000], [-1]),
+    "captcha_fleet_max_jobs": ([0, 8], [-1]),
     "captcha_redis_stream": (["captcha:events"], ["", "two words"]),
 }
 
@@ -244,17 +245,21 @@ def test_unknown_names_warn_with_a_suggestion(caplog: pytest.LogCaptureFixture) 
     assert [r.levelno for r in caplog.records] == [logging.WARNING] * 2
 
 
-def test_option_check_addon_does_both(caplog: pytest.LogCaptureFixture) -> None:
+def test_the_check_at_load_does_both(caplog: pytest.LogCaptureFixture) -> None:
     opts = _deferred_then_registered("captcha_timeout=abc", "captcha_hodl=true")
     with caplog.at_level(logging.WARNING):
-        OptionCheck().load(SimpleNamespace(master=SimpleNamespace(options=opts)))
+        check_at_load(SimpleNamespace(master=SimpleNamespace(options=opts)))
     assert "captcha_timeout='abc'" in caplog.text
     assert "captcha_hodl is not an option" in caplog.text and "did you mean captcha_hold?" in caplog.text
     assert "captcha_timeout" not in opts.deferred
 
 
-def test_option_guard_refuses_a_bad_value_before_the_others_see_it() -> None:
+def test_the_guard_refuses_a_bad_value_before_the_others_see_it() -> None:
     seen: list[int] = []
+
+    class Guard:
+        def configure(self, updated: set[str]) -> None:
+            guard(updated)
 
     class Solving:
         def load(self, loader: Any) -> None:
@@ -264,7 +269,7 @@ def test_option_guard_refuses_a_bad_value_before_the_others_see_it() -> None:
             seen.append(ctx.options.captcha_timeout)
 
     with taddons.context() as tctx:
-        tctx.master.addons.add(OptionGuard(), Solving())
+        tctx.master.addons.add(Guard(), Solving())
         tctx.options.update(captcha_timeout=60)
         with pytest.raises(exceptions.OptionsError, match=r"^captcha_timeout=0: must be an integer from 1 to 86400"):
             tctx.options.update(captcha_timeout=0)

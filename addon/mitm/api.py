@@ -11,6 +11,7 @@ from mitmproxy.proxy import server_hooks
 
 from addon.capture.clients import ClientKeyer
 from addon.capture.hosts import host_of
+from addon.mitm import options
 from addon.publish.event_stream import SECRET_HEADER, EventStreamServer
 from addon.publish.http_api import ApiHandler, ApiRequest, ApiResponse
 
@@ -34,6 +35,7 @@ class CaptchaApi:
                           "When set, the captcha HTTP API wants 'Authorization: Bearer <token>'.")
 
     def configure(self, updated: set[str]) -> None:
+        options.guard(updated)  # this is the script's first addon: refuse bad values before any other sees them
         if "captcha_host" in updated:
             host = ctx.options.captcha_host.strip().lower()
             if not host or "/" in host or " " in host or ":" in host:

@@ -4,7 +4,7 @@ Why the start-up check exists: mitmproxy keeps a ``--set name=value`` (or a ``co
 addon has registered yet as "deferred", and applies it in ``AddonManager.register`` right after the script's
 ``load()`` hooks ran. A value it cannot parse there raises ``OptionsError`` out of the script loader's reload task,
 which nobody awaits: no message at any verbosity, the script's addons never join the chain, and the proxy runs on
-without them. So the last addon's ``load()`` (``OptionCheck`` below) converts and validates the deferred values of
+without them. So the last addon's ``load()`` (``check_at_load`` below) converts and validates the deferred values of
 this addon's options itself first. A bad one is removed from the deferred set (the option keeps its default) and
 logged as an ERROR; mitmproxy's ``ErrorCheck`` addon then stops mitmdump/mitmweb/mitmproxy at start-up with exit
 code 1, as a bad built-in option does. Were the script loaded after start-up (when ``ErrorCheck`` no longer
@@ -59,15 +59,6 @@ def _int_range(low: int, high: int, unit: str) -> Rule:
 def _http_url(value: str) -> bool:
     parts = urllib.parse.urlsplit(value.strip())
     return parts.scheme in ("http", "https") and bool(parts.hostname) and not any(c.isspace() for c in value.strip())
-
-
-def _redis_url(value: str) -> bool:
-    if not value:
-        return True
-    parts = urllib.parse.urlsplit(value)
-    if parts.scheme == "unix":
-        return bool(parts.path)
-    return parts.scheme in ("redis", "rediss") and bool(parts.hostname)
 
 
 def _client_key(value: str) -> bool:
@@ -164,7 +155,11 @@ RULES: Mapping[str, Rule] = {
     "captcha_metrics_by_client": Rule(bool, "true or false"),
     "captcha_dashboard_challenges": _int_range(0, 1_000_000, "challenges"),
     "captcha_dashboard_mb": _int_range(0, 1_000_000, "megabytes"),
-    "captcha_redis": Rule(str, 'a redis://, rediss:// or unix:// URL, or "" for none', _redis_url),
+    "captcha_redis_maxlen": _int_range(0, 1_000_000_000, "entries; 0 never trims"),
+    "captcha_redis_backlog": _int_range(0, 10_000_000, "events"),
+    "captcha_fleet_max_jobs": _int_range(0, 100_000, "jobs; 0 means no cap"),
+    # captcha_redis is not here on purpose: a bad Redis URL gets a clear error line and the proxy runs alone
+    # (addon/mitm/fleet.py), as the fleet's Redis may be down or wrong without the proxy being useless.
     "captcha_redis_stream": Rule(str, "a stream name without spaces", lambda v: _STREAM_NAME.match(v) is not None),
 }
 
@@ -277,22 +272,19 @@ def unknown_names(options: OptManager) -> list[str]:
     return warnings
 
 
-class OptionCheck:
-    """The LAST addon of the script: its ``load()`` runs after every other addon registered its options, and before
-    mitmproxy applies the deferred values."""
-
-    def load(self, loader: Any) -> None:
-        options: OptManager = loader.master.options
-        check_deferred(options)
-        unknown_names(options)
+def check_at_load(loader: Any) -> None:
+    """Called at the end of the LAST addon's ``load()``: every option is registered by then, and mitmproxy has not
+    yet applied the ``--set`` / config.yaml values it deferred. Bad ones are refused here (mitmdump then exits 1)."""
+    options: OptManager = loader.master.options
+    check_deferred(options)
+    unknown_names(options)
 
 
-class OptionGuard:
-    """The FIRST addon of the script: a bad value set later (mitmweb's options page, mitmproxy's ``:set``) is
-    refused with the table's message before any other addon of the script sees it; mitmproxy rolls it back."""
-
-    def configure(self, updated: set[str]) -> None:
-        validate_updated(ctx.options, updated)
+def guard(updated: set[str]) -> None:
+    """Called first in the FIRST addon's ``configure()``: a bad value set later (mitmweb's options page,
+    mitmproxy's ``:set``) is refused with the table's message before any other addon sees it, and mitmproxy rolls
+    it back. (Two functions, not two more addon objects: mitmproxy walks every addon object for every event.)"""
+    validate_updated(ctx.options, updated)
 
 
 def read_key_file(path: str, *, warn: bool = True) -> str:

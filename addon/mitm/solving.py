@@ -64,7 +64,7 @@ class CaptchaSolving:
     def configure(self, updated: set[str]) -> None:
         if not OPTIONS & updated:
             return
-        o = ctx.options  # values were checked by OptionGuard (addon/mitm/options.py) before this runs
+        o = ctx.options  # values were checked by options.guard (in CaptchaApi, the first addon)
         low_balance = float(o.captcha_low_balance)
         found = options.resolve_key(o.omocaptcha_key, o.omocaptcha_key_file, os.environ)
         if found != self._key:

@@ -66,6 +66,9 @@ class Board:
             return
         _wake(board)
 
+    def knows(self, client: str) -> bool:
+        return client in self._clients
+
     def client_counts(self, client: str) -> tuple[Counter[str], Counter[str]]:
         board = self._clients.get(client)
         return (board.counts, board.failed_reasons) if board else (Counter(), Counter())

@@ -6,11 +6,13 @@ from __future__ import annotations
 import hmac
 import json
 import math
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from addon.fleet.reader import FleetReader
 from addon.publish.board import Board
 from addon.publish.events import Event
 
@@ -87,6 +89,8 @@ class ApiHandler:
         """Paths served without the token: the dashboard's page and files, which hold no data (a browser cannot
         send a header when it opens a page; the page then asks for the token and sends it on every call)."""
         self.public_prefixes: set[str] = set()
+        self.fleet: FleetReader | None = None
+        """Fleet mode: answers and events of clients this proxy has not seen come from the Redis stream."""
 
     def authorised(self, authorization: str) -> bool:
         if not self.token:
@@ -113,8 +117,18 @@ class ApiHandler:
     def _client(self, request: ApiRequest) -> str:
         return request.query.get("client") or request.client
 
+    def _remote(self, client: str) -> FleetReader | None:
+        """The fleet's reader when the client is another proxy's (one this proxy's board has never seen)."""
+        return self.fleet if self.fleet is not None and not self.board.knows(client) else None
+
     async def _answer(self, request: ApiRequest) -> ApiResponse:
         client = self._client(request)
+        remote = self._remote(client)
+        if remote is not None:
+            doc = await remote.latest_final(client)
+            if doc is None:
+                return ApiResponse.json(404, {"error": "no answer yet", "client": client})
+            return ApiResponse.json(200, dict_with_drag(doc, request.query))
         event = self.board.latest_final(client)
         if event is None:
             return ApiResponse.json(404, {"error": "no answer yet", "client": client})
@@ -125,6 +139,9 @@ class ApiHandler:
         client = self._client(request)
         timeout = _float(query.get("timeout"), WAIT_DEFAULT)
         after = _int(query.get("after"), None)
+        remote = self._remote(client)
+        if remote is not None:
+            return await self._wait_remote(remote, client, query, timeout)
         if timeout is None or ("after" in query and after is None):
             return ApiResponse.json(400, {"error": "timeout must be a non-negative number and after an integer"})
         deadline = time.monotonic() + max(0.0, min(timeout, WAIT_MAX))
@@ -140,19 +157,44 @@ class ApiHandler:
                 return ApiResponse(204)
             await self.board.wait_change(client, remaining)
 
+    async def _wait_remote(self, remote: FleetReader, client: str, query: dict[str, str],
+                           timeout: float | None) -> ApiResponse:
+        """The long poll for another proxy's client: wakes on the fleet's stream. `after` is a seq of that client's
+        proxy run, or a stream entry id (`1700000000000-0`) to walk the fleet's answers in stream order."""
+        text = query.get("after")
+        cursor: str | int | None = None
+        if text is not None:
+            cursor = text if re.fullmatch(r"\d+-\d+", text) else _int(text, None)
+        if timeout is None or (text is not None and cursor is None):
+            return ApiResponse.json(400, {"error": "timeout must be a non-negative number and after an integer "
+                                                   "or a stream id"})
+        doc = await remote.wait_final(client, max(0.0, min(timeout, WAIT_MAX)), after=cursor)
+        return ApiResponse(204) if doc is None else ApiResponse.json(200, dict_with_drag(doc, query))
+
     async def _events(self, request: ApiRequest) -> ApiResponse:
         limit = _int(request.query.get("limit"), EVENTS_DEFAULT)
         if limit is None or limit < 0:
             return ApiResponse.json(400, {"error": "limit must be a non-negative integer"})
+        client = request.query.get("client")
+        remote = self._remote(client) if client else None
+        if remote is not None and client is not None:
+            return ApiResponse.json(200, {"events": await remote.newest_events(limit, client)})
         events = self.board.newest(limit, request.query.get("client"))
         return ApiResponse.json(200, {"events": [e.to_json() for e in events]})
 
     async def _stats(self, request: ApiRequest) -> ApiResponse:
+        if request.query.get("scope") == "fleet":
+            if self.fleet is None:
+                return ApiResponse.json(400, {"error": "scope=fleet needs fleet mode (captcha_redis)"})
+            return ApiResponse.json(200, await self.fleet.fleet_stats())
         return ApiResponse.json(200, self.stats(request.query.get("client")))
 
 
 def with_drag(event: Event, query: dict[str, str]) -> dict[str, Any]:
-    doc = event.to_json()
+    return dict_with_drag(event.to_json(), query)
+
+
+def dict_with_drag(doc: dict[str, Any], query: dict[str, str]) -> dict[str, Any]:
     drag = drag_for(doc, query)
     return {**doc, "drag": drag} if drag is not None else doc
 

@@ -5,19 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections import Counter, OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
 from addon.capture import images
 from addon.capture.assemble import Captured
+from addon.fleet.shared import FleetSolveCoordinator, solve_shared
 from addon.publish import events as ev
 from addon.publish.bus import EventBus
 from addon.ratelimit import RateLimitedLog
-from addon.solving.base import Solution, SolveFailure, Solver
+from addon.solving.base import RotateAnswer, SlideAnswer, Solution, SolveFailure, Solver
 from addon.solving.cache import AnswerCache, image_key
 from addon.solving.health import ServiceHealth
 
@@ -91,6 +93,22 @@ class Answered:
     job_id: str | int | None = None
 
 
+Outcome = tuple[str, str | int | None, Solution, bool] | SolveFailure
+"""(service, job_id, solution, cached) or why the chain gave no answer."""
+
+
+def shared_json(service: str, solution: Solution) -> str:
+    answer = solution.answer
+    return json.dumps({"service": service, "result": solution.result, "confidence": solution.confidence,
+                       "kind": "rotate" if isinstance(answer, RotateAnswer) else "slide", "answer": answer.to_json()})
+
+
+def from_shared_json(text: str) -> tuple[str, Solution]:
+    doc = json.loads(text)
+    answer = RotateAnswer(**doc["answer"]) if doc["kind"] == "rotate" else SlideAnswer(**doc["answer"])
+    return str(doc["service"]), Solution(str(doc["result"]), answer, doc.get("confidence"))
+
+
 class _Attempt:
     """The `Job` one solver gets for one challenge."""
 
@@ -137,6 +155,9 @@ class Scheduler:
         self._demoted: set[tuple[str, str]] = set()
         self._runs: dict[str, _Run] = {}
         self._reports: set[asyncio.Task[Any]] = set()
+        self.fleet: FleetSolveCoordinator | None = None
+        """Set in fleet mode (`captcha_redis`): image sets are solved once across the fleet."""
+        self.fleet_max_jobs = 0
         self._slots = asyncio.Semaphore(self.config.max_jobs)
         self._errors = RateLimitedLog(logger)
 
@@ -308,6 +329,34 @@ class Scheduler:
         if cached is not None and cached.service not in self.cache.wrong_services(run.key):
             self._finish_solved(run, cached.service, None, cached.solution, cached=True)
             return
+        outcome = await (self._run_chain(run, config) if self.fleet is None else self._shared_chain(run, config))
+        if isinstance(outcome, SolveFailure):
+            self._finish_failed(run, outcome.reason, outcome.message)
+        else:
+            self._finish_solved(run, *outcome)
+
+    async def _shared_chain(self, run: _Run, config: SchedulerConfig) -> Outcome:
+        """Fleet mode: one proxy of the fleet solves an image set (a claim in Redis), the others wait for its answer
+        and take over if the claim's owner dies; answers are cached fleet-wide."""
+        assert self.fleet is not None
+        outcome: Outcome | None = None
+
+        async def solve_here() -> str | None:
+            nonlocal outcome
+            outcome = await self._run_chain(run, config)
+            return None if isinstance(outcome, SolveFailure) else shared_json(outcome[0], outcome[2])
+
+        answer, here = await solve_shared(self.fleet, run.key, f"{self.bus.run}:{run.captured.challenge_id}",
+                                          max(0.0, run.deadline - self.clock()), solve_here)
+        if here and outcome is not None:
+            return outcome
+        if answer is None:
+            raise TimeoutError  # the deadline passed while another proxy held the claim
+        service, solution = from_shared_json(answer)
+        run.tried.clear()
+        return service, None, solution, True
+
+    async def _run_chain(self, run: _Run, config: SchedulerConfig) -> Outcome:
         chain = self.chain_for(run)
         unsure: tuple[Solver, Solution, str | int | None] | None = None
         failure = SolveFailure("api_error", "no solver could take the challenge")
@@ -320,32 +369,42 @@ class Scheduler:
                     failure = refusal
                     continue
             try:
-                async with self._slots:
+                async with self._slots, self._fleet_slot(run, solver, config):
                     run.tried.append(solver.name)
                     run.service, run.job_id = solver.name, None
                     solution = await solver.solve(run.captured, _Attempt(self, run, solver, config))
             except images.BadImage as e:
                 # An image no solver can use: nothing further down the chain would do better.
-                self._finish_failed(run, "bad_image", str(e)[:300])
-                return
+                return SolveFailure("bad_image", str(e)[:300])
             except SolveFailure as f:
                 if f.reason == "invalid_key" and state is not None:
                     state.key_state, state.checked_at = "invalid", self.clock()
                 if f.reason == "bad_image":
-                    self._finish_failed(run, "bad_image", f.message)
-                    return
+                    return f
                 failure = f
                 continue
             if solution.confidence is not None and solution.confidence < config.local_confidence and not last:
                 if unsure is None or solution.confidence > (unsure[1].confidence or 0.0):
                     unsure = (solver, solution, run.job_id)
                 continue
-            self._finish_solved(run, solver.name, run.job_id, solution)
-            return
+            return solver.name, run.job_id, solution, False
         if unsure is not None:
-            self._finish_solved(run, unsure[0].name, unsure[2], unsure[1])
+            return unsure[0].name, unsure[2], unsure[1], False
+        return failure
+
+    @contextlib.asynccontextmanager
+    async def _fleet_slot(self, run: _Run, solver: Solver, config: SchedulerConfig) -> AsyncIterator[None]:
+        """The fleet-wide cap on paid jobs in flight (`captcha_fleet_max_jobs`), when fleet mode sets one."""
+        if self.fleet is None or not self.fleet_max_jobs or not solver.paid:
+            yield
             return
-        self._finish_failed(run, failure.reason, failure.message)
+        owner = f"{self.bus.run}:{run.captured.challenge_id}"
+        left = max(0.0, run.deadline - self.clock())
+        await self.fleet.wait_paid_slot(self.fleet_max_jobs, owner, ttl=config.timeout_s, timeout=left)
+        try:
+            yield
+        finally:
+            await self.fleet.release_paid_slot(owner)
 
     async def _refusal(self, state: ServiceState, last: bool) -> SolveFailure | None:
         """Why a paid service cannot take a challenge now, or None when it can. When it is down and no solver
@@ -400,6 +459,8 @@ class Scheduler:
             return None
         if not accepted:
             self.cache.rejected(answered.key, answered.service)
+            if self.fleet is not None:
+                self._background(self.fleet.drop_answer(answered.key), "captcha-fleet-drop")
         if self.config.adaptive and not answered.cached:
             self._track(answered.service, answered.kind, accepted)
         self._report(answered, accepted)
@@ -411,11 +472,16 @@ class Scheduler:
         report = getattr(state.solver, "report", None) if state is not None else None
         if report is None or answered.cached or answered.job_id is None:
             return
-        with contextlib.suppress(RuntimeError):
-            task = asyncio.get_running_loop().create_task(report(str(answered.job_id), accepted),
-                                                          name=f"captcha-report-{answered.service}")
-            self._reports.add(task)
-            task.add_done_callback(self._reports.discard)
+        self._background(report(str(answered.job_id), accepted), f"captcha-report-{answered.service}")
+
+    def _background(self, work: Coroutine[Any, Any, Any], name: str) -> None:
+        try:
+            task = asyncio.get_running_loop().create_task(work, name=name)
+        except RuntimeError:
+            work.close()
+            return
+        self._reports.add(task)
+        task.add_done_callback(self._reports.discard)
 
     def _track(self, service: str, kind: str, accepted: bool) -> None:
         window = self.verdicts.setdefault((service, kind), deque(maxlen=ADAPTIVE_WINDOW))

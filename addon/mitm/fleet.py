@@ -1,0 +1,117 @@
+"""`CaptchaFleet`: fleet mode on Redis (`captcha_redis`): its options and life, the bus outlet that writes every
+event to the stream, the reader the HTTP API asks about other proxies' clients, and shared solving."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from mitmproxy import ctx
+
+from addon.fleet import connect, probe, validate_url
+from addon.fleet.heartbeat import Heartbeat
+from addon.fleet.reader import FleetReader
+from addon.fleet.shared import FleetSolveCoordinator
+from addon.fleet.stream import RedisEventStream
+from addon.mitm import options
+from addon.publish.bus import EventBus
+from addon.publish.http_api import ApiHandler
+from addon.solving.scheduler import Scheduler
+
+logger = logging.getLogger(__name__)
+
+
+class CaptchaFleet:
+    """Fleet mode, on when `captcha_redis` is set. `stream`, `reader`, `coordinator` are None when it is off."""
+
+    def __init__(self, bus: EventBus, scheduler: Scheduler, api: ApiHandler, counters: Callable[[], Mapping[str, Any]]):
+        self._bus, self._scheduler, self._api = bus, scheduler, api
+        self._run, self._counters = bus.run, counters
+        self.stream: RedisEventStream | None = None
+        self.reader: FleetReader | None = None
+        self.coordinator: FleetSolveCoordinator | None = None
+        self.heartbeat: Heartbeat | None = None
+        self._url = ""
+        self._started = False
+        self._restarting: asyncio.Task[None] | None = None
+
+    def load(self, loader: Any) -> None:
+        loader.add_option("captcha_redis", str, "",
+                          "Fleet mode: a Redis URL (redis://, rediss://, unix://); events go to a stream, answers "
+                          "and the cache are shared. Env CAPTCHA_REDIS when empty.")
+        loader.add_option("captcha_redis_stream", str, "captcha:events", "The stream every proxy appends to.")
+        loader.add_option("captcha_redis_maxlen", int, 100_000,
+                          "Trim the stream to about this many entries (0: never).")
+        loader.add_option("captcha_redis_backlog", int, 10_000,
+                          "Events held in memory while Redis is unreachable; the oldest beyond it are dropped "
+                          "(counted in /v1/stats as redis_overflowed; they stay in the sidecar).")
+        loader.add_option("captcha_fleet_max_jobs", int, 0, "Paid solving jobs in flight across the fleet (0: no cap).")
+        options.check_at_load(loader)  # this is the script's last addon: every option is registered now
+
+    def configure(self, updated: set[str]) -> None:
+        if "captcha_fleet_max_jobs" in updated:
+            self._scheduler.fleet_max_jobs = ctx.options.captcha_fleet_max_jobs
+        if not updated & {"captcha_redis", "captcha_redis_stream", "captcha_redis_maxlen", "captcha_redis_backlog"}:
+            return
+        url = (ctx.options.captcha_redis or os.environ.get("CAPTCHA_REDIS", "")).strip()
+        self._url = ""
+        if url:
+            try:
+                validate_url(url)  # ValueError text never holds the password
+                self._url = url
+            except ValueError as e:
+                logger.error("captcha fleet: %s; fleet mode is off, the proxy works alone", e)
+        if self._started:  # changed at run time (mitmweb's options, `set` in the console)
+            self._restarting = asyncio.get_running_loop().create_task(self._restart(), name="captcha-fleet-restart")
+
+    async def running(self) -> None:
+        self._started = True
+        await self._restart()
+
+    async def _restart(self) -> None:
+        await self._stop()
+        if not self._url:
+            return
+        problem = await probe(self._url)  # one clear line now; the outlet keeps retrying either way
+        if problem:
+            logger.error("captcha fleet: %s; holding events until it answers", problem)
+        opts = ctx.options
+        self.stream = RedisEventStream(self._url, opts.captcha_redis_stream, opts.captcha_redis_maxlen,
+                                       opts.captcha_redis_backlog)
+        self.stream.start()
+        stream = self.stream
+        self._bus.subscribe("redis", lambda event: stream.publish(event.to_json()))
+        link = self.stream.link  # one warning / one info line per outage for the whole proxy
+        self.reader = FleetReader(self._url, opts.captcha_redis_stream, link=link)
+        self.coordinator = FleetSolveCoordinator(connect(self._url), opts.captcha_redis_stream, url=self._url,
+                                                 link=link)
+        self.heartbeat = Heartbeat(self._url, self._run, self._counters, stream=opts.captcha_redis_stream,
+                                   link=link)
+        self.heartbeat.start()
+        self._scheduler.fleet = self.coordinator
+        self._api.fleet = self.reader
+        self._scheduler.fleet_max_jobs = opts.captcha_fleet_max_jobs
+
+    async def _stop(self) -> None:
+        self._scheduler.fleet = None
+        self._api.fleet = None
+        if self.stream is not None:
+            self._bus.unsubscribe("redis")
+            await self.stream.stop(flush_timeout=1.0)
+        if self.heartbeat is not None:
+            await self.heartbeat.stop()
+        if self.reader is not None:
+            await self.reader.close()
+        if self.coordinator is not None:
+            await self.coordinator.redis.aclose()
+        self.stream = self.reader = self.coordinator = self.heartbeat = None
+
+    def stats(self) -> dict[str, Any]:
+        """For /v1/stats: the stream's backlog, what overflowed it, what was written, and whether Redis is down."""
+        return self.stream.stats() if self.stream is not None else {}
+
+    async def done(self) -> None:
+        await self._stop()
