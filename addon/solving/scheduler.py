@@ -329,7 +329,9 @@ class Scheduler:
         if cached is not None and cached.service not in self.cache.wrong_services(run.key):
             self._finish_solved(run, cached.service, None, cached.solution, cached=True)
             return
-        outcome = await (self._run_chain(run, config) if self.fleet is None else self._shared_chain(run, config))
+        # Only paid answers are worth a fleet-wide claim: the local solver is quicker than a round trip to Redis.
+        shared = self.fleet is not None and any(s.paid for s in config.solvers)
+        outcome = await (self._shared_chain(run, config) if shared else self._run_chain(run, config))
         if isinstance(outcome, SolveFailure):
             self._finish_failed(run, outcome.reason, outcome.message)
         else:
