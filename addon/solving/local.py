@@ -18,9 +18,12 @@ class LocalSolver:
     paid = False
 
     def __init__(self, workers: int = 1):
-        # OpenCV and numpy release the GIL for their heavy work, so one thread keeps the loop free; more threads
-        # would only compete with mitmproxy for the machine's cores.
-        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="captcha-local")
+        # OpenCV and numpy release the GIL for their heavy work, so one worker thread keeps the event loop free
+        # (scripts/bench.py measures the loop's stalls); more would only compete with mitmproxy for the cores.
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="captcha-local",
+                                                           initializer=_prepare)
+        # numpy and OpenCV load (and OpenCV sets itself up) now, while mitmproxy starts, not on the first captcha.
+        self._pool.submit(_prepare)
 
     async def check(self) -> str | None:
         return None
@@ -32,6 +35,14 @@ class LocalSolver:
         job.started(None)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, solve_now, challenge, job.width_view)
+
+
+def _prepare() -> None:
+    import cv2
+
+    from addon.solving import vision  # noqa: F401
+
+    cv2.setNumThreads(1)  # one core for the solver: its own thread pool would compete with the proxy
 
 
 def solve_now(c: Captured, width_view: int) -> Solution:

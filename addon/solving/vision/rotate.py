@@ -159,6 +159,8 @@ def _pick(cost: np.ndarray) -> RotateAnalysis:
     den = y0 - 2 * y1 + y2
     offset = 0.5 * (y0 - y2) / den if den > 1e-12 else 0.0
     angle = ((k + max(-0.5, min(0.5, offset))) * 360.0 / STEPS) % 360.0
+    if angle >= 360.0:  # a tiny negative angle modulo 360 rounds to 360.0
+        angle = 0.0
     median = max(float(np.median(cost)), 1e-9)
     steps_apart = np.abs((np.arange(STEPS) - k + STEPS // 2) % STEPS - STEPS // 2)
     runner_up = float(cost[steps_apart * 360.0 / STEPS > EXCLUDE_DEG].min())

@@ -1,17 +1,18 @@
 """Slide puzzle: the x (natural px) at which the piece's box, laid on the background, fills the gap.
 
 With the piece: its alpha is the gap's shape. Two score maps over the band of rows the piece's `tip_y` allows:
-the piece's colours against the background under its shape (normalised cross-correlation, blind to the gap's
-darkening or lightening, which is an affine change of the pixels), and the shape's outline against the
+the piece's grey levels against the background's under its shape (normalised cross-correlation, blind to the
+gap's darkening or lightening, which is an affine change of the pixels), and the shape's outline against the
 background's edges. Each map is standardised (median, spread) and the two are added; the answer is the box's left
 edge at the best place, so any margin between the box and the visible piece is accounted for.
 
 Without the piece: the gap is a region about 56-80 px square (with knobs) whose pixels are the picture under a
 semi-transparent layer, so across its outline the log-luminance steps by about the same amount all the way round.
 Pairs of thin strips just outside and inside the four sides of a square (two segments per side, away from the
-knobs in the middle) measure that step; the square where the weakest segments still step most wins, searched at
-half resolution, then the left edge is placed at full resolution on the strongest vertical edge near it. The
-answer is the shape's left edge (the test kit's pieces start at their box's left edge).
+knobs in the middle) measure that step; the square where the weaker half of the segments still steps most wins
+(over the piece's rows; without tip_y over the two likeliest row bands found at half resolution first), then the
+left edge is placed on the strongest vertical edge near it. The answer is the shape's left edge (the test kit's
+pieces start at their box's left edge).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from addon.solving.vision.common import (
 
 log = logging.getLogger(__name__)
 
-BG_WIDTH, BG_HEIGHT, PIECE_SIZE = 552, 344, 110
+BG_WIDTH, PIECE_SIZE = 552, 110
 """Nominal sizes; a background of another width is taken as a scaled version (the piece and tip_y with it)."""
 BAND_PAD = 6
 """Rows above and below the piece's box searched when tip_y is known (nominal px)."""
@@ -50,7 +51,7 @@ COARSE_BANDS = 2
 
 # Logistic calibrations fitted on the tune split by `uv run python -m scripts.eval_local --fit`.
 PIECE_CONF = (-3.952, 1.083, 2.401)
-"""bias, weight of the margin (standardised units), weight of the colour correlation at the answer."""
+"""bias, weight of the margin (standardised units), weight of the grey-level correlation at the answer."""
 GAP_CONF = (-3.189, 7.736, 7.082)
 """bias, weight of the margin (log-luminance units), weight of the step at the answer."""
 
@@ -60,7 +61,7 @@ class SlideAnalysis:
     x: float
     with_piece: bool
     score: float
-    """with piece: the colour correlation at the answer (-1..1); without: the gap's step in log-luminance."""
+    """with piece: the grey-level correlation at the answer (-1..1); without: the gap's step in log-luminance."""
     margin: float
     """How far the answer's score stands above the runner-up's (standardised units with the piece, log units
     without)."""
@@ -165,17 +166,17 @@ def _with_piece(bg: Decoded, pc: Decoded, mask: F32, ty: float | None, scale: fl
     if float(inner.sum()) < 50:
         inner = mask
     gray = luma(band)
-    colour = _masked_ncc(gray, luma(pc.rgb), inner)
-    colour = np.nan_to_num(colour, nan=0.0, posinf=0.0, neginf=0.0)
+    content = _masked_ncc(gray, luma(pc.rgb), inner)
+    content = np.nan_to_num(content, nan=0.0, posinf=0.0, neginf=0.0)
     gx = cv2.Sobel(gray, cv2.CV_32F, 1, 0, ksize=3)
     gy = cv2.Sobel(gray, cv2.CV_32F, 0, 1, ksize=3)
     outline = cv2.GaussianBlur(mask - cv2.erode(mask, np.ones((3, 3), np.uint8)), (0, 0), 1.0)
     edges = cv2.matchTemplate(cv2.magnitude(gx, gy), outline, cv2.TM_CCOEFF_NORMED)
     edges = np.nan_to_num(edges, nan=0.0, posinf=0.0, neginf=0.0)
-    score = _standardise(colour) + _standardise(edges)
+    score = _standardise(content) + _standardise(edges)
     yy, xx = np.unravel_index(int(np.argmax(score)), score.shape)
     margin = _margin(score, int(xx), RUNNER_UP_DX * scale)
-    return SlideAnalysis(x=float(xx), with_piece=True, score=float(colour[yy, xx]), margin=margin)
+    return SlideAnalysis(x=float(xx), with_piece=True, score=float(content[yy, xx]), margin=margin)
 
 
 def _margin(score: F32, x: int, dx: float) -> float:

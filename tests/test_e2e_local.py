@@ -1,0 +1,118 @@
+"""End to end through a real mitmdump: the local solver answers without a key, its answers pass the site's verify
+(both kinds, both whirl eras), and with a key only the challenges it is unsure of reach the paid service."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from e2e_kit import KEY, proxy
+from PIL import Image
+
+from addon.solving import vision
+from scripts.fake_omocaptcha import FakeOmocaptcha
+from scripts.testkit.device import Challenge, Device
+from scripts.testkit.origin import OriginServer
+from scripts.testkit.synth import generate
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture(scope="module")
+def kit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, dict[str, Any], Path]]:
+    d = tmp_path_factory.mktemp("challenges")
+    generate(d, seed=404, count=6)  # whirls alternate PNG and JPEG eras
+    with OriginServer(d) as origin:
+        yield origin, origin.app.challenges, d
+
+
+def gapless_first_slide(d: Path) -> str:
+    """Replaces the first slide's background with a picture that has no gap at all (a smooth gradient with grain),
+    so the local solver has nothing to be sure of; the manifest keeps a truth for it, so the paid service can
+    answer. Returns that challenge's id."""
+    manifest = json.loads((d / "manifest.json").read_text())
+    slide = next(c for c in manifest["challenges"] if c["mode"] == "slide")
+    rng = np.random.default_rng(3)
+    x = np.linspace(0, 1, 552)[None, :, None]
+    y = np.linspace(0, 1, 344)[:, None, None]
+    picture = 60 + 120 * x * np.array([1.0, 0.6, 0.3]) + 60 * y * np.array([0.2, 0.5, 1.0])
+    picture = np.clip(picture + rng.normal(0, 4, (344, 552, 3)), 0, 255).astype(np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(picture).save(out, "JPEG", quality=85)
+    body = out.getvalue()
+    (d / slide["images"]["background"]["file"]).write_bytes(body)
+    slide["images"]["background"]["sha256"] = hashlib.sha256(body).hexdigest()
+    (d / "manifest.json").write_text(json.dumps(manifest))
+    piece = (d / slide["images"]["piece"]["file"]).read_bytes()
+    sure = vision.solve_slide(body, piece, slide["tip_y"]).confidence
+    assert sure < 0.5, f"precondition: the local solver should be unsure of a gapless picture (confidence {sure})"
+    return str(slide["id"])
+
+
+async def solve(device: Device, mode: str) -> tuple[Challenge, dict[str, Any]]:
+    ch = await device.get_challenge(mode)
+    await device.fetch_images(ch)
+    r = await device.api("/v1/answer/wait", timeout=30)
+    assert r.status_code == 200, r.text
+    event = r.json()
+    assert event["challenge"] == ch.id, event
+    return ch, event
+
+
+async def test_without_a_key_the_local_solver_answers_and_the_site_accepts(kit: Any, tmp_path: Path) -> None:
+    origin, truth, _ = kit
+    with proxy(origin, tmp_path, captcha_solvers="auto") as p:
+        async with Device("127.0.0.2", p.proxy_url, p.ca_path) as dev:
+            eras, passed = set(), []
+            for mode in ("whirl", "slide") * 6:
+                ch, event = await solve(dev, mode)
+                assert (event["event"], event["service"], event["job_id"], event["tried"]) == (
+                    "solved", "local", None, ["local"]), event
+                assert 0.0 <= event["confidence"] <= 1.0
+                answer = event["answer"]
+                if mode == "whirl":
+                    eras.add(truth[ch.id]["variant"])
+                    error = (answer["angle"] - truth[ch.id]["angle"] + 180) % 360 - 180
+                    assert abs(error) <= 4.0, (answer, truth[ch.id]["angle"])
+                    assert answer["fraction"] == pytest.approx(answer["angle"] / 360)
+                    assert answer["value"] == pytest.approx(answer["fraction"] * 271)
+                    passed.append(await dev.verify(ch, answer["value"]))
+                else:
+                    assert abs(answer["x_natural"] - truth[ch.id]["gap_x"]) <= 3.0, (answer, truth[ch.id]["gap_x"])
+                    passed.append(await dev.verify(ch, answer["x"], width=answer["width_view"]))
+            stats = (await dev.api("/v1/stats")).json()
+    assert eras == {"png", "jpeg"}
+    assert passed == [True] * 12
+    assert stats["solvers"] == ["local"] and stats["jobs_sent"] == 0
+    assert stats["by_service"]["local"]["rotate"]["accepted"] == 6
+    assert stats["by_service"]["local"]["slide"]["accepted"] == 6
+
+
+async def test_with_a_key_only_what_the_local_solver_is_unsure_of_is_paid_for(
+        tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> None:
+    d = tmp_path_factory.mktemp("unsure")
+    generate(d, seed=405, count=3)
+    unsure_id = gapless_first_slide(d)
+    with OriginServer(d) as origin, FakeOmocaptcha(keys=(KEY,), manifests=(str(d),)) as fake, proxy(
+        origin, tmp_path, omocaptcha_key=KEY, omocaptcha_url=fake.base_url, captcha_solvers="local,omocaptcha",
+        captcha_poll_ms=50,
+    ) as p:
+        async with Device("127.0.0.3", p.proxy_url, p.ca_path) as dev:
+            finals = {}
+            for mode in ("slide", "whirl", "slide", "whirl", "slide", "whirl"):
+                ch, event = await solve(dev, mode)
+                finals[ch.id] = event
+                assert event["event"] == "solved", event
+    assert unsure_id in finals
+    unsure = finals.pop(unsure_id)
+    assert (unsure["service"], unsure["tried"]) == ("omocaptcha-v1", ["local", "omocaptcha-v1"])
+    assert {(e["service"], tuple(e["tried"])) for e in finals.values()} == {("local", ("local",))}
+    assert all(e["confidence"] >= 0.5 for e in finals.values())
+    jobs = [r for r in fake.log() if r["path"].endswith("/createJob")]
+    assert len(jobs) == 1 and jobs[0]["body"]["data"]["type_job_id"] == "21"
