@@ -184,3 +184,13 @@ def test_turning_the_client_label_on_later_restarts_the_counters() -> None:
     assert of(samples, "captcha_answer_seconds_count") == {L(service="local"): 1}
     metrics.set_by_client(True)  # unchanged: nothing is reset
     assert of(scrape(metrics), "captcha_captured_total") == {L(kind="rotate", client="dev-1"): 1}
+
+
+def test_cached_answers_are_counted_as_solved_but_not_timed() -> None:
+    metrics = Metrics()
+    metrics.observe(ev("solved", service="omocaptcha-v1", elapsed_ms=2000))
+    metrics.observe(ev("solved", service="omocaptcha-v1", elapsed_ms=3, cached=True))
+    samples = scrape(metrics)
+    assert of(samples, "captcha_solved_total") == {L(kind="rotate", service="omocaptcha-v1"): 2}
+    assert of(samples, "captcha_answer_seconds_count") == {L(service="omocaptcha-v1"): 1}
+    assert of(samples, "captcha_answer_seconds_sum") == {L(service="omocaptcha-v1"): 2.0}

@@ -102,7 +102,7 @@ class Metrics:
             if self.by_client:
                 labels += (_label(event.get("client")),)
             self.counts[name][labels] += 1
-            if name == "solved" and _finite(elapsed):
+            if name == "solved" and _finite(elapsed) and not event.get("cached"):  # a cached answer took no time
                 service = labels[1]
                 histogram = self.answer_seconds.get(service)
                 if histogram is None:

@@ -418,9 +418,24 @@
       } else {
         el.hidden = raw === undefined;
         value.textContent = raw === undefined ? "" : String(raw);
-        if (detail) detail.textContent = "";
+        if (detail) detail.textContent = name === "verified" ? verdictDetail(stats) : "";
       }
     }
+  }
+
+  // /v1/stats counts the site's verdicts as one number; by_service (whole proxy only) splits them by outcome.
+  function verdictDetail(stats) {
+    const byService = stats.by_service;
+    if (!byService || typeof byService !== "object") return "";
+    let accepted = 0;
+    let rejected = 0;
+    for (const kinds of Object.values(byService)) {
+      for (const tally of Object.values(kinds || {})) {
+        if (tally && typeof tally.accepted === "number") accepted += tally.accepted;
+        if (tally && typeof tally.rejected === "number") rejected += tally.rejected;
+      }
+    }
+    return accepted + rejected ? "accepted " + accepted + " · rejected " + rejected : "";
   }
 
   // -- the event stream --------------------------------------------------------------------------------------------
