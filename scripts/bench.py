@@ -59,6 +59,7 @@ import datetime
 import gc
 import importlib.util
 import json
+import logging
 import math
 import os
 import platform
@@ -91,7 +92,7 @@ CDN_HOST = "p16-rc-captcha-va.ibyteimg.com"
 BACKUP_CDN_HOST = "p19-rc-captcha-va.ibyteimg.com"
 SERVICE_KEY = "bench-key"
 POLL_MS = 10
-SECTIONS = ("overhead", "flowcost", "latency", "memory", "looplag")
+SECTIONS = ("overhead", "flowcost", "latency", "local", "outlets", "memory", "looplag")
 
 Json = dict[str, Any]
 
@@ -166,6 +167,14 @@ def expected_keys(s: Settings, sections: Sequence[str] = SECTIONS) -> list[str]:
             keys.append(f"latency.n{n}.solved_share")
             keys += [f"latency.n{n}.{name}_{q}" for q in ("p50", "p99")
                      for name in ("to_event", "to_answer", "service", "net")]
+    if "local" in sections:
+        for n in LOCAL_LEVELS:
+            keys.append(f"local.n{n}.solved_share")
+            keys += [f"local.n{n}.{name}_{q}" for q in ("p50", "p99") for name in ("to_event", "to_answer")]
+            keys.append(f"local.n{n}.looplag_max")
+    if "outlets" in sections:
+        keys += [f"outlets.{name}" for name in ("bus_default", "bus_streams_1", "bus_streams_10", "metrics_observe",
+                                                "dashboard")]
     if "memory" in sections:
         keys += [f"memory.{name}" for name in ("rss_low", "rss_high", "growth", "growth_without", "growth_addon",
                                                "retained_in_process")]
@@ -1080,7 +1089,7 @@ def bench_latency(s: Settings, report: Report, origin: ChildOrigin, fake_url: st
     details: Json = {"poll_ms": POLL_MS, "levels": {}}
     first_ip = 2
     try:
-        proxy.wait_for_log("omocaptcha key accepted", timeout=10)
+        proxy.wait_for_log("omocaptcha-v1 key accepted", timeout=10)
         for index, (n, rounds) in enumerate(s.levels):
             httpx.post(f"{fake_url}/_log/clear", timeout=5, trust_env=False)
             samples, t_start, t_end = asyncio.run(_latency_level(proxy, n, rounds, first_ip, index))
@@ -1128,6 +1137,145 @@ def bench_latency(s: Settings, report: Report, origin: ChildOrigin, fake_url: st
         control = details["looplag_control"]
         report.add("looplag.control_max", f"control: same {control['devices']} devices' gets and images, no addon",
                    control["max_ms"], "ms")
+
+
+# -- local solver: answers without a key ----------------------------------------------------------------------------
+
+LOCAL_LEVELS = (1, 20)
+
+
+def bench_local(s: Settings, report: Report, origin: ChildOrigin, work: Path) -> None:
+    """Capture to answer with the embedded solver (no key, no service), and the event loop's longest stall while
+    it solves: the solve runs on a worker thread, so the loop should not feel it."""
+    looplag = work / "looplag-local.jsonl"
+    proxy = MitmdumpProcess([ADDON_SCRIPT, LOOPLAG_SCRIPT], origin=(origin.http_port, origin.https_port),
+                            workdir=work / "local", options={
+                                "flow_detail": 0, "captcha_solvers": "local",
+                                "captcha_sidecar": str(work / "local.jsonl"), "looplag_file": str(looplag)})
+    proxy.start()
+    details: Json = {"levels": {}}
+    rounds = {1: 6 if s is QUICK else 40, 20: 1 if s is QUICK else 3}
+    first_ip = 2
+    try:
+        for index, n in enumerate(LOCAL_LEVELS):
+            samples, t_start, t_end = asyncio.run(_latency_level(proxy, n, rounds[n], first_ip, index))
+            time.sleep(0.5)
+            first_ip += n
+            summary = _level_summary(samples)
+            summary["looplag"] = _read_looplag(looplag, t_start, t_end)
+            details["levels"][str(n)] = summary
+            log(f"local N={n}: {summary['solved']}/{summary['challenges']} solved, answer p50 "
+                f"{summary['to_answer_ms']['p50']:.1f} ms, loop lag max {summary['looplag']['max_ms']:.1f} ms")
+    finally:
+        proxy.stop()
+    report.details["local"] = details
+    for n_text, summary in details["levels"].items():
+        key, lbl = f"local.n{n_text}", f"local solver, N={n_text}"
+        report.add(f"{key}.solved_share", f"{lbl}: share of challenges solved",
+                   summary["solved"] / summary["challenges"] if summary["challenges"] else math.nan, "", ">= 1",
+                   "bench")
+        for q in ("p50", "p99"):
+            report.add(f"{key}.to_event_{q}", f"{lbl}: last image -> solved event, {q}", summary["to_event_ms"][q],
+                       "ms")
+            goal = ("< 150", "brief") if (q, n_text) == ("p50", "1") else ("", "")
+            report.add(f"{key}.to_answer_{q}", f"{lbl}: last image -> answer at the client, {q}",
+                       summary["to_answer_ms"][q], "ms", *goal)
+        report.add(f"{key}.looplag_max", f"{lbl}: longest event-loop stall", summary["looplag"]["max_ms"], "ms")
+
+
+# -- outlets: what each event costs the proxy's loop -----------------------------------------------------------------
+
+
+def bench_outlets(s: Settings, report: Report) -> None:
+    """In-process: the bus with the default outlets (board, log line, service stats, dashboard + metrics, event
+    stream), with 0, 1 and 10 open event streams on loopback; and the metrics and dashboard outlets alone."""
+    result = asyncio.run(_outlets(2_000 if s is QUICK else 20_000))
+    report.details["outlets"] = result
+    report.add("outlets.bus_default", "bus.emit with the default outlets, per event", result["bus"]["0"], "µs")
+    report.add("outlets.bus_streams_1", "same, with 1 open event stream (its socket writes included)",
+               result["bus"]["1"], "µs")
+    report.add("outlets.bus_streams_10", "same, with 10 open event streams", result["bus"]["10"], "µs")
+    report.add("outlets.metrics_observe", "Metrics.observe alone, per event", result["metrics"], "µs")
+    report.add("outlets.dashboard", "dashboard outlet (metrics + image store) alone, per event", result["dashboard"],
+               "µs")
+
+
+async def _outlets(n: int) -> Json:
+    from addon.publish import events as ev
+    from addon.publish.board import Board
+    from addon.publish.bus import EventBus
+    from addon.publish.dashboard_api import Dashboard
+    from addon.publish.event_stream import SECRET_HEADER, EventStreamServer
+    from addon.publish.logline import log_event
+    from addon.publish.service_stats import ServiceStats
+    from addon.solving.base import RotateAnswer
+
+    logging.getLogger("addon").setLevel(logging.WARNING)  # the log line's formatting, not a console, is timed
+
+    def events(count: int) -> list[ev.Event]:
+        out: list[ev.Event] = []
+        for i in range(count):
+            common = {"client": f"10.0.{i % 50}.1", "challenge": f"ch{i}", "kind": "rotate"}
+            if i % 2:
+                out.append(ev.Solved(**common, service="local", job_id=None, result="90",  # type: ignore[arg-type]
+                                     answer=RotateAnswer.from_angle(90), elapsed_ms=12, tried=("local",)))
+            else:
+                out.append(ev.Captured(**common, images={}, source="get"))  # type: ignore[arg-type]
+        return out
+
+    async def run(streams: int) -> float:
+        bus, board = EventBus(), Board()
+        server = EventStreamServer(board)
+        await server.start()
+        dashboard = Dashboard(in_flight=lambda: 0, waiting=lambda: 0, balance=dict)
+        for name, outlet in (("board", board.add), ("log", log_event), ("stats", ServiceStats()),
+                             ("dashboard", dashboard), ("stream", server.publish)):
+            bus.subscribe(name, outlet)
+        readers = []
+        for _ in range(streams):
+            r, w = await asyncio.open_connection("127.0.0.1", server.port)
+            w.write(f"GET /v1/events/stream HTTP/1.1\r\n{SECRET_HEADER}: {server.secret}\r\n\r\n".encode())
+            await w.drain()
+            await r.readuntil(b"\r\n\r\n")
+            readers.append(asyncio.create_task(_drain_reader(r)))
+        batch = events(n)
+        started = time.perf_counter()
+        cpu = time.process_time()
+        for i, event in enumerate(batch):
+            bus.emit(event)
+            if i % 50 == 49:
+                await asyncio.sleep(0)  # the streams write what was queued, as the loop would between flows
+        while server.readers and any(not q.empty() for q in server._readers):
+            await asyncio.sleep(0.001)
+        spent = time.process_time() - cpu
+        _ = time.perf_counter() - started
+        for task in readers:
+            task.cancel()
+        await server.stop()
+        return spent / n * 1e6
+
+    bus_cost = {str(k): await run(k) for k in (0, 1, 10)}
+    from addon.publish.metrics import Metrics
+    metrics = Metrics()
+    docs = [e.to_json() for e in events(n)]
+    t = time.perf_counter()
+    for doc in docs:
+        metrics.observe(doc)
+    metrics_cost = (time.perf_counter() - t) / n * 1e6
+    dashboard = Dashboard(in_flight=lambda: 0, waiting=lambda: 0, balance=dict)
+    batch = events(n)
+    for e in batch:
+        e.to_json()
+    t = time.perf_counter()
+    for e in batch:
+        dashboard(e)
+    dashboard_cost = (time.perf_counter() - t) / n * 1e6
+    return {"events": n, "bus": bus_cost, "metrics": metrics_cost, "dashboard": dashboard_cost}
+
+
+async def _drain_reader(reader: asyncio.StreamReader) -> None:
+    while await reader.read(65536):
+        pass
 
 
 # -- 4. memory --------------------------------------------------------------------------------------------------------
@@ -1286,6 +1434,15 @@ def run(s: Settings, sections: set[str], work: Path) -> Report:
                 with fake_service(manifest_dir, work) as fake_url:
                     bench_latency(s, report, origin, fake_url, work, sections)
                 log(f"latency: {time.monotonic() - t:.1f} s")
+    if "local" in sections:
+        t = time.monotonic()
+        with ChildOrigin("testkit", manifest_dir, work / "origin-local") as origin:
+            bench_local(s, report, origin, work)
+        log(f"local: {time.monotonic() - t:.1f} s")
+    if "outlets" in sections:
+        t = time.monotonic()
+        bench_outlets(s, report)
+        log(f"outlets: {time.monotonic() - t:.1f} s")
     if "memory" in sections:
         t = time.monotonic()
         bench_memory(s, report, manifest_dir, work)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
+from collections.abc import Callable
+from typing import Any
 
 from addon.capture.assemble import Captured
 from addon.capture.images import Role
@@ -38,11 +41,34 @@ class LocalSolver:
 
 
 def _prepare() -> None:
+    """Loads numpy and OpenCV and runs one solve of each kind on made-up pictures: their first calls set up
+    codecs and FFT plans while holding the GIL (about 60 ms of stalled event loop), which belongs at start-up."""
     import cv2
+    import numpy as np
 
-    from addon.solving import vision  # noqa: F401
+    from addon.solving import vision
 
     cv2.setNumThreads(1)  # one core for the solver: its own thread pool would compete with the proxy
+    picture = np.random.default_rng(0).integers(0, 255, (347, 347, 3), dtype=np.uint8)
+    picture = cv2.GaussianBlur(picture, (0, 0), 3)
+    ring = cv2.cvtColor(picture, cv2.COLOR_BGR2BGRA)
+    cv2.circle(ring, (173, 173), 105, (0, 0, 0, 0), -1)
+    disc = cv2.cvtColor(picture[68:279, 68:279], cv2.COLOR_BGR2BGRA)
+    background = cv2.resize(picture, (552, 344))
+    piece = cv2.cvtColor(background[100:210, 200:310], cv2.COLOR_BGR2BGRA)
+
+    def encoded(ext: str, image: np.ndarray[Any, Any]) -> bytes:
+        return cv2.imencode(ext, image)[1].tobytes()
+
+    attempts: list[Callable[[], object]] = [
+        lambda: vision.solve_rotate(encoded(".png", disc), encoded(".png", ring)),
+        lambda: vision.solve_rotate(encoded(".jpg", disc[:, :, :3]), encoded(".jpg", ring[:, :, :3])),
+        lambda: vision.solve_slide(encoded(".jpg", background), encoded(".png", piece), 100.0),
+        lambda: vision.solve_slide(encoded(".jpg", background), None, None),
+    ]
+    for attempt in attempts:
+        with contextlib.suppress(vision.VisionError):
+            attempt()
 
 
 def solve_now(c: Captured, width_view: int) -> Solution:
