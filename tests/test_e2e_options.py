@@ -59,7 +59,7 @@ BAD_SET: dict[str, tuple[str, str]] = {
                                          "(percent)"),
     "captcha_redis_maxlen": ("-1", "captcha_redis_maxlen=-1: must be an integer from 0 to 1000000000 (entries; 0 "
                                    "never trims)"),
-    "captcha_redis_backlog": ("lots", "captcha_redis_backlog='lots': must be an integer from 0 to 10000000 (events)"),
+    "captcha_redis_backlog": ("lots", "captcha_redis_backlog='lots': must be an integer from 1 to 10000000 (events)"),
     "captcha_fleet_max_jobs": ("-2", "captcha_fleet_max_jobs=-2: must be an integer from 0 to 100000 (jobs; 0 means "
                                      "no cap)"),
     "captcha_redis_stream": ("two words", "captcha_redis_stream='two words': must be a stream name without spaces"),

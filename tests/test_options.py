@@ -62,7 +62,7 @@ CASES: dict[str, tuple[list[Any], list[Any]]] = {
     "captcha_dashboard_mb": ([0, 64], [-1]),
     "captcha_local_confidence": ([0, 50, 100], [-1, 101]),
     "captcha_redis_maxlen": ([0, 100_000], [-1, "x"]),
-    "captcha_redis_backlog": ([0, 10_000], [-1]),
+    "captcha_redis_backlog": ([1, 10_000], [0, -1]),
     "captcha_fleet_max_jobs": ([0, 8], [-1]),
     "captcha_redis_stream": (["captcha:events"], ["", "two words"]),
 }

@@ -291,12 +291,17 @@ class FleetKeys:
 
 
 class LinkState:
-    """Up/down bookkeeping for one link to Redis: one warning when it goes, one info line when it is back."""
+    """Up/down bookkeeping for one link to Redis: one warning when it goes, one info line when it is back.
 
-    def __init__(self, logger: logging.Logger, url: str, what: str):
+    `what` names the part in the lines ("" for none); `summary`, when set, ends the warning in place of the
+    failing part's own detail: a link shared by every part of a proxy says what the outage means for the whole
+    proxy, whichever part happened to notice it first."""
+
+    def __init__(self, logger: logging.Logger, url: str, what: str, summary: str = ""):
         self._logger = logger
         self._url = url
-        self._what = what
+        self._what = f"{what}: " if what else ""
+        self.summary = summary
         self.down = False
         self.last_error: str | None = None
         self.on_down: list[Callable[[], None]] = []
@@ -306,7 +311,16 @@ class LinkState:
         self.last_error = describe_error(exc, self._url)
         if not self.down:
             self.down = True
-            self._logger.warning("captcha fleet: %s: %s%s", self._what, self.last_error, detail)
+            self._logger.warning("captcha fleet: %s%s%s", self._what, self.last_error, self.summary or detail)
+            for listener in self.on_down:
+                listener()
+
+    def down_at_start(self, message: str) -> None:
+        """The start-up probe found Redis unusable and has logged `message` itself: the link counts as down (no
+        second line when a part fails next), and the stream pings until Redis answers, then says it is back."""
+        if not self.down:
+            self.down = True
+            self.last_error = message
             for listener in self.on_down:
                 listener()
 
@@ -314,4 +328,4 @@ class LinkState:
         if self.down:
             self.down = False
             self.last_error = None
-            self._logger.info("captcha fleet: %s: Redis at %s is back%s", self._what, redact_url(self._url), detail)
+            self._logger.info("captcha fleet: %sRedis at %s is back%s", self._what, redact_url(self._url), detail)

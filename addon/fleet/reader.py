@@ -45,6 +45,7 @@ logger = logging.getLogger(__name__)
 Event = dict[str, Any]
 Cursor = str | tuple[str, int] | int
 SCAN_PAGE = 1000
+READY_WAIT_S = 1.0
 SCAN_PAGES = 100
 Entries = list[tuple[str, dict[str, str]]]
 _STREAM_ID = re.compile(r"^(\d+)(?:-(\d+))?$")
@@ -128,6 +129,7 @@ class _Follower:
                     newest = cast(Entries, await self._client.xrevrange(self._stream, "+", "-", count=1))
                     self.last_id = newest[0][0] if newest else "0-0"
                     self._ready.set()
+                    self._wake_all()  # a waiter that stopped waiting for this looked before the tail was known
                 reply = cast(list[tuple[str, Entries]] | None,
                              await self._client.xread({self._stream: self.last_id}, count=SCAN_PAGE,
                                                       block=self._block_ms))
@@ -272,7 +274,9 @@ class FleetReader:
         follower = self._follower
         woke = follower.add(client)
         try:
-            await follower.ready(max(0.0, deadline - time.monotonic()))
+            # Not ready within a second: Redis is likely gone, and the first look below says so (it raises) rather
+            # than the whole timeout going by. Should the follower get ready later, it wakes every waiter once.
+            await follower.ready(min(READY_WAIT_S, max(0.0, deadline - time.monotonic())))
             while True:
                 woke.clear()
                 found = await (self.final_of_newest(client) if after is None else self.final_after(client, after))

@@ -3,12 +3,18 @@
 The flow a scheduler follows for one challenge (`image_key` = `image_set_key(...)` of its images); `solve_shared`
 is this flow, ready to wrap the scheduler's chain of solvers:
 
-    answer = await fleet.cached_answer(key)                  # solved before, anywhere in the fleet
-    while answer is None and time is left:
-        if await fleet.claim(key, owner, ttl):               # ours: solve (renew the claim while it runs)
-            answer = <solve>; await fleet.publish_answer(key, answer, cache_ttl); await fleet.release(key, owner)
-        else:                                                # another proxy is on it
-            answer = await fleet.wait_answer(key, time_left) # None: its owner died or gave up -> loop, take over
+    while time is left:
+        claimed, answer = await fleet.claim_or_answer(key, owner, ttl)  # one round trip
+        if answer is not None:                               # solved before, anywhere in the fleet
+            return answer
+        if claimed:                                          # ours: solve (renew the claim while it runs)
+            answer = <solve>; await fleet.finish(key, owner, answer, cache_ttl)  # publish + release, one trip
+            return answer
+        answer = await fleet.wait_answer(key, time_left)     # another proxy is on it; None: its owner died or
+                                                             # gave up -> loop, take over
+
+The solving proxy's own answer waits for two round trips to Redis in all (`claim_or_answer`, `finish`); the
+separate steps (`cached_answer`, `claim`, `publish_answer`, `release`) are there for callers that need them.
 
 `claim` is refused while an answer is cached, so a proxy that checked the cache a moment before the owner
 published does not solve the set again. A claim expires (`ttl`) unless renewed, so the owner dying mid-job
@@ -48,6 +54,30 @@ if v == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
 if v then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
+"""
+# KEYS: claim, answer. ARGV: owner, ttl ms. {0, answer} = answered; else `_CLAIM`'s {1} or {0}.
+_CLAIM_OR_ANSWER = """
+local answer = redis.call('GET', KEYS[2])
+if answer then return {0, answer} end
+local v = redis.call('GET', KEYS[1])
+if v == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return {1} end
+if v then return {0} end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return {1}
+"""
+# KEYS: claim, answer. ARGV: owner, answer ('' = none), answer ttl ms. Stores the answer, drops the claim if it is
+# still the owner's, and wakes the waiters (on the answer's channel) when either happened. 1 = the claim was ours.
+_FINISH = """
+if ARGV[2] ~= '' then redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3]) end
+local mine = redis.call('GET', KEYS[1]) == ARGV[1]
+if mine then redis.call('DEL', KEYS[1]) end
+if ARGV[2] ~= '' then
+  redis.call('PUBLISH', KEYS[2], 'answer')
+elseif mine then
+  redis.call('PUBLISH', KEYS[2], 'released')
+end
+if mine then return 1 end
+return 0
 """
 # KEYS: claim. ARGV: owner, ttl ms.
 _RENEW = """
@@ -91,6 +121,13 @@ return n
 """
 
 
+CLAIM_TTL_S = 5.0
+"""How long a claim outlives its owner: the owner renews it every third of this while it solves, so a proxy that
+died mid-job holds the image set up for at most this long before another takes over. Longer means fewer duplicate
+paid jobs when Redis is briefly unreachable (renewals fail open, and a claim that ran out meanwhile can be taken);
+shorter means quicker takeovers. A Redis round trip is well under this."""
+
+
 def image_set_key(kind: str, images: Mapping[str, str]) -> str:
     """The fleet-wide key of one image set: `kind` and role -> sha256 of each image body."""
     text = kind + "|" + "|".join(f"{role}={sha}" for role, sha in sorted(images.items()))
@@ -111,6 +148,8 @@ class FleetSolveCoordinator:
         self._link = link or LinkState(logger, url or "redis://?", "shared solving")
         self._owns_link = link is None
         self._claim = redis.register_script(_CLAIM)
+        self._claim_or_answer = redis.register_script(_CLAIM_OR_ANSWER)
+        self._finish = redis.register_script(_FINISH)
         self._renew = redis.register_script(_RENEW)
         self._release = redis.register_script(_RELEASE)
         self._acquire = redis.register_script(_ACQUIRE)
@@ -135,6 +174,30 @@ class FleetSolveCoordinator:
             return True
         self._ok()
         return bool(got)
+
+    async def claim_or_answer(self, image_key: str, owner: str, ttl: float) -> tuple[bool, str | None]:
+        """`cached_answer` and `claim` in one round trip: (False, answer) when the set is answered, else (whether
+        `owner` holds the claim now, None)."""
+        try:
+            reply = await self._claim_or_answer(keys=[self.keys.claim(image_key), self.keys.answer(image_key)],
+                                                args=[owner, _ms(ttl)])
+        except (aioredis.RedisError, OSError) as e:
+            self._failed(e)
+            return True, None
+        self._ok()
+        if len(reply) > 1:
+            return False, _text(reply[1])
+        return bool(reply[0]), None
+
+    async def finish(self, image_key: str, owner: str, answer_json: str | None, ttl: float) -> bool:
+        """`publish_answer` (when there is an answer) and `release` in one round trip; True when the claim was
+        still `owner`'s."""
+        try:
+            return bool(await self._finish(keys=[self.keys.claim(image_key), self.keys.answer(image_key)],
+                                           args=[owner, answer_json or "", _ms(ttl)]))
+        except (aioredis.RedisError, OSError) as e:
+            self._failed(e)
+            return False
 
     async def renew(self, image_key: str, owner: str, ttl: float) -> bool:
         """True while the claim is still `owner`'s (its expiry pushed to `ttl` from now)."""
@@ -264,7 +327,7 @@ class FleetSolveCoordinator:
 
 
 async def solve_shared(fleet: FleetSolveCoordinator, image_key: str, owner: str, timeout: float,
-                       solve: Callable[[], Awaitable[str | None]], *, claim_ttl: float = 15.0,
+                       solve: Callable[[], Awaitable[str | None]], *, claim_ttl: float = CLAIM_TTL_S,
                        cache_ttl: float = 3600.0) -> tuple[str | None, bool]:
     """The flow of the module docstring: (answer JSON or None, whether `solve` ran here).
 
@@ -273,20 +336,19 @@ async def solve_shared(fleet: FleetSolveCoordinator, image_key: str, owner: str,
     take over) and propagates. None: the deadline passed, or `solve` gave None.
     """
     deadline = time.monotonic() + timeout
-    cached = await fleet.cached_answer(image_key)
-    if cached is not None:
-        return cached, False
     while (left := deadline - time.monotonic()) > 0:
-        if await fleet.claim(image_key, owner, claim_ttl):
+        claimed, cached = await fleet.claim_or_answer(image_key, owner, claim_ttl)
+        if cached is not None:
+            return cached, False
+        if claimed:
             keeper = asyncio.create_task(_keep_claim(fleet, image_key, owner, claim_ttl),
                                          name=f"captcha-fleet-claim:{image_key}")
+            answer: str | None = None
             try:
                 answer = await solve()
-                if answer is not None:
-                    await fleet.publish_answer(image_key, answer, cache_ttl)
             finally:
                 keeper.cancel()
-                await fleet.release(image_key, owner)
+                await fleet.finish(image_key, owner, answer, cache_ttl)
             return answer, True
         answer = await fleet.wait_answer(image_key, left)
         if answer is not None:
@@ -311,4 +373,4 @@ def _text(value: bytes | str | None) -> str | None:
     return value.decode() if isinstance(value, bytes) else value
 
 
-__all__ = ["FleetSolveCoordinator", "image_set_key", "solve_shared"]
+__all__ = ["CLAIM_TTL_S", "FleetSolveCoordinator", "image_set_key", "solve_shared"]

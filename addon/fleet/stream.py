@@ -138,7 +138,9 @@ class RedisEventStream:
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
-        self._link = LinkState(logger, self._url, f"event stream {self.keys.stream!r}")
+        self._link = LinkState(logger, self._url, "", summary=(
+            f"; the proxy works alone meanwhile: it holds up to {backlog} events for the stream {self.keys.stream!r}"
+            ", answers its own clients and solves without the fleet's claims and cache"))
         self._down_since: float | None = None
         self._late = 0
         self._bad_logged = False

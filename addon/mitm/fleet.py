@@ -4,6 +4,7 @@ event to the stream, the reader the HTTP API asks about other proxies' clients, 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from collections.abc import Callable, Mapping
@@ -11,13 +12,14 @@ from typing import Any
 
 from mitmproxy import ctx
 
-from addon.fleet import connect, probe, validate_url
+from addon.fleet import LinkState, connect, probe, validate_url
 from addon.fleet.heartbeat import Heartbeat
 from addon.fleet.reader import FleetReader
 from addon.fleet.shared import FleetSolveCoordinator
 from addon.fleet.stream import RedisEventStream
 from addon.mitm import options
 from addon.publish.bus import EventBus
+from addon.publish.events import Event
 from addon.publish.http_api import ApiHandler
 from addon.solving.scheduler import Scheduler
 
@@ -37,6 +39,7 @@ class CaptchaFleet:
         self._url = ""
         self._started = False
         self._restarting: asyncio.Task[None] | None = None
+        self._probing: asyncio.Task[None] | None = None
 
     def load(self, loader: Any) -> None:
         loader.add_option("captcha_redis", str, "",
@@ -63,7 +66,9 @@ class CaptchaFleet:
                 validate_url(url)  # ValueError text never holds the password
                 self._url = url
             except ValueError as e:
-                logger.error("captcha fleet: %s; fleet mode is off, the proxy works alone", e)
+                # A warning, not an error: mitmproxy ends a proxy that logs an ERROR while it starts (its ErrorCheck
+                # addon), and a bad Redis URL must leave the proxy working alone.
+                logger.warning("captcha fleet: %s; fleet mode is off, the proxy works alone", e)
         if self._started:  # changed at run time (mitmweb's options, `set` in the console)
             self._restarting = asyncio.get_running_loop().create_task(self._restart(), name="captcha-fleet-restart")
 
@@ -75,27 +80,49 @@ class CaptchaFleet:
         await self._stop()
         if not self._url:
             return
-        problem = await probe(self._url)  # one clear line now; the outlet keeps retrying either way
-        if problem:
-            logger.error("captcha fleet: %s; holding events until it answers", problem)
         opts = ctx.options
-        self.stream = RedisEventStream(self._url, opts.captcha_redis_stream, opts.captcha_redis_maxlen,
-                                       opts.captcha_redis_backlog)
-        self.stream.start()
-        stream = self.stream
-        self._bus.subscribe("redis", lambda event: stream.publish(event.to_json()))
-        link = self.stream.link  # one warning / one info line per outage for the whole proxy
+        try:
+            # The option's check lets a backlog of 0 through; the stream needs room for the event on its way.
+            stream = RedisEventStream(self._url, opts.captcha_redis_stream, opts.captcha_redis_maxlen,
+                                      max(1, opts.captcha_redis_backlog))
+        except ValueError as e:
+            logger.warning("captcha fleet: %s; fleet mode is off, the proxy works alone", e)
+            return
+        self.stream = stream
+        stream.start()
+        link = stream.link  # one warning / one info line per outage for the whole proxy
         self.reader = FleetReader(self._url, opts.captcha_redis_stream, link=link)
         self.coordinator = FleetSolveCoordinator(connect(self._url), opts.captcha_redis_stream, url=self._url,
                                                  link=link)
-        self.heartbeat = Heartbeat(self._url, self._run, self._counters, stream=opts.captcha_redis_stream,
-                                   link=link)
-        self.heartbeat.start()
+        heartbeat = self.heartbeat = Heartbeat(self._url, self._run, self._counters,
+                                               stream=opts.captcha_redis_stream, link=link)
+        heartbeat.start()
+
+        def outlet(event: Event) -> None:
+            stream.publish(event.to_json())
+            heartbeat.nudge()
+
+        self._bus.subscribe("redis", outlet)
         self._scheduler.fleet = self.coordinator
         self._api.fleet = self.reader
         self._scheduler.fleet_max_jobs = opts.captcha_fleet_max_jobs
+        # One clear line on what is wrong (a password, a host) without holding up the proxy's start-up.
+        self._probing = asyncio.get_running_loop().create_task(self._probe(self._url, link),
+                                                               name="captcha-fleet-probe")
+
+    @staticmethod
+    async def _probe(url: str, link: LinkState) -> None:
+        problem = await probe(url)
+        if problem and not link.down:  # when a part already failed, its line said it
+            logger.warning("captcha fleet: %s%s", problem, link.summary)
+            link.down_at_start(problem)
 
     async def _stop(self) -> None:
+        if self._probing is not None:
+            self._probing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._probing
+            self._probing = None
         self._scheduler.fleet = None
         self._api.fleet = None
         if self.stream is not None:

@@ -156,7 +156,7 @@ RULES: Mapping[str, Rule] = {
     "captcha_dashboard_challenges": _int_range(0, 1_000_000, "challenges"),
     "captcha_dashboard_mb": _int_range(0, 1_000_000, "megabytes"),
     "captcha_redis_maxlen": _int_range(0, 1_000_000_000, "entries; 0 never trims"),
-    "captcha_redis_backlog": _int_range(0, 10_000_000, "events"),
+    "captcha_redis_backlog": _int_range(1, 10_000_000, "events"),
     "captcha_fleet_max_jobs": _int_range(0, 100_000, "jobs; 0 means no cap"),
     # captcha_redis is not here on purpose: a bad Redis URL gets a clear error line and the proxy runs alone
     # (addon/mitm/fleet.py), as the fleet's Redis may be down or wrong without the proxy being useless.

@@ -12,6 +12,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from redis.exceptions import RedisError
+
 from addon.fleet.reader import FleetReader
 from addon.publish.board import Board
 from addon.publish.events import Event
@@ -20,6 +22,7 @@ WAIT_DEFAULT = 30.0
 WAIT_MAX = 60.0
 EVENTS_DEFAULT = 50
 JSON = "application/json"
+FLEET_DOWN = "the fleet's Redis did not answer; this proxy still answers for its own clients"
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +128,10 @@ class ApiHandler:
         client = self._client(request)
         remote = self._remote(client)
         if remote is not None:
-            doc = await remote.latest_final(client)
+            try:
+                doc = await remote.latest_final(client)
+            except (RedisError, OSError):
+                return fleet_down(client)
             if doc is None:
                 return ApiResponse.json(404, {"error": "no answer yet", "client": client})
             return ApiResponse.json(200, dict_with_drag(doc, request.query))
@@ -168,7 +174,10 @@ class ApiHandler:
         if timeout is None or (text is not None and cursor is None):
             return ApiResponse.json(400, {"error": "timeout must be a non-negative number and after an integer "
                                                    "or a stream id"})
-        doc = await remote.wait_final(client, max(0.0, min(timeout, WAIT_MAX)), after=cursor)
+        try:
+            doc = await remote.wait_final(client, max(0.0, min(timeout, WAIT_MAX)), after=cursor)
+        except (RedisError, OSError):
+            return fleet_down(client)
         return ApiResponse(204) if doc is None else ApiResponse.json(200, dict_with_drag(doc, query))
 
     async def _events(self, request: ApiRequest) -> ApiResponse:
@@ -178,7 +187,10 @@ class ApiHandler:
         client = request.query.get("client")
         remote = self._remote(client) if client else None
         if remote is not None and client is not None:
-            return ApiResponse.json(200, {"events": await remote.newest_events(limit, client)})
+            try:
+                return ApiResponse.json(200, {"events": await remote.newest_events(limit, client)})
+            except (RedisError, OSError):
+                return fleet_down(client)
         events = self.board.newest(limit, request.query.get("client"))
         return ApiResponse.json(200, {"events": [e.to_json() for e in events]})
 
@@ -186,8 +198,17 @@ class ApiHandler:
         if request.query.get("scope") == "fleet":
             if self.fleet is None:
                 return ApiResponse.json(400, {"error": "scope=fleet needs fleet mode (captcha_redis)"})
-            return ApiResponse.json(200, await self.fleet.fleet_stats())
+            try:
+                return ApiResponse.json(200, await self.fleet.fleet_stats())
+            except (RedisError, OSError):
+                return fleet_down(None)
         return ApiResponse.json(200, self.stats(request.query.get("client")))
+
+
+def fleet_down(client: str | None) -> ApiResponse:
+    """503 for a question only the fleet's Redis can answer while it is unreachable (a client retries)."""
+    doc: dict[str, Any] = {"error": FLEET_DOWN, **({"client": client} if client is not None else {})}
+    return ApiResponse(503, json.dumps(doc).encode(), headers={"Retry-After": "1"})
 
 
 def with_drag(event: Event, query: dict[str, str]) -> dict[str, Any]:

@@ -213,6 +213,7 @@ class MitmdumpProcess:
     def _spawn_and_wait(self) -> tuple[bool, str]:
         self._log_file = open(self.log_path, "ab")  # noqa: SIM115 (closed in _close_log)
         shown = [re.sub(r"^((?:\w*key|\w*token)=).+$", r"\1***", arg) for arg in self.command()]
+        shown = [re.sub(r"^(captcha_redis=[a-z]+://[^:@/]*:)[^@]*@", r"\1***@", arg) for arg in shown]
         self._log_file.write(f"--- testkit: {' '.join(shown)}\n".encode())
         self._log_file.flush()
         log_start = self._log_file.tell()
