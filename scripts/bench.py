@@ -92,7 +92,8 @@ CDN_HOST = "p16-rc-captcha-va.ibyteimg.com"
 BACKUP_CDN_HOST = "p19-rc-captcha-va.ibyteimg.com"
 SERVICE_KEY = "bench-key"
 POLL_MS = 10
-SECTIONS = ("overhead", "flowcost", "latency", "local", "outlets", "memory", "looplag")
+SECTIONS = ("overhead", "flowcost", "latency", "local", "outlets", "memory", "looplag", "fleet")
+"""``fleet`` is ``scripts/bench_fleet.py`` (Redis): in a full run, and with ``--only fleet``."""
 
 Json = dict[str, Any]
 
@@ -180,6 +181,10 @@ def expected_keys(s: Settings, sections: Sequence[str] = SECTIONS) -> list[str]:
                                                "retained_in_process")]
     if "looplag" in sections:
         keys += ["looplag.max", "looplag.max_cpu", "looplag.control_max"]
+    if "fleet" in sections:
+        from scripts import bench_fleet
+
+        keys += bench_fleet.expected_keys()
     return keys
 
 
@@ -1447,6 +1452,18 @@ def run(s: Settings, sections: set[str], work: Path) -> Report:
         t = time.monotonic()
         bench_memory(s, report, manifest_dir, work)
         log(f"memory: {time.monotonic() - t:.1f} s")
+    if "fleet" in sections:
+        t = time.monotonic()
+        from scripts import bench_fleet
+
+        fs = bench_fleet.QUICK if s is QUICK else bench_fleet.FULL
+        fleet_manifest = work / "fleet-manifest"
+        bench_fleet.plain_manifest(fleet_manifest, fs.per_mode)
+        (work / "fleet-fake").mkdir(parents=True, exist_ok=True)
+        with ChildOrigin("testkit", fleet_manifest, work / "fleet-origin") as origin, \
+                fake_service(fleet_manifest, work / "fleet-fake") as fake_url:
+            bench_fleet.bench_fleet(fs, report, origin, fake_url, work / "fleet")
+        log(f"fleet: {time.monotonic() - t:.1f} s")
     report.details["seconds"] = time.monotonic() - t0
     report.details["machine"]["loadavg_end"] = os.getloadavg()
     busy = report.details["machine"]["loadavg_start"][0]
