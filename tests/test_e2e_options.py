@@ -62,7 +62,7 @@ BAD_SET: dict[str, tuple[str, str]] = {
     "captcha_redis_backlog": ("lots", "captcha_redis_backlog='lots': must be an integer from 1 to 10000000 (events)"),
     "captcha_fleet_max_jobs": ("-2", "captcha_fleet_max_jobs=-2: must be an integer from 0 to 100000 (jobs; 0 means "
                                      "no cap)"),
-    "captcha_redis_stream": ("two words", "captcha_redis_stream='two words': must be a stream name without spaces"),
+    "captcha_redis_stream": ("my stream", "captcha_redis_stream='my stream': must be a stream name without spaces"),
     "captcha_save_max_mb": ("lots", "captcha_save_max_mb='lots': must be an integer from 1 to 1000000 (megabytes)"),
 }
 # Options that take any text on the command line: a config.yaml value of the wrong type is their bad value.

@@ -120,7 +120,7 @@ def _writable_file(value: str) -> bool:
     path = os.path.expanduser(value)
     folder = os.path.dirname(path) or "."
     if os.path.exists(path):
-        return os.path.isfile(path) and os.access(path, os.W_OK)
+        return not os.path.isdir(path) and os.access(path, os.W_OK)
     return os.path.isdir(folder) and os.access(folder, os.W_OK | os.X_OK)
 
 

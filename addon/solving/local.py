@@ -67,7 +67,9 @@ def _prepare() -> None:
         lambda: vision.solve_slide(encoded(".jpg", background), None, None),
     ]
     for attempt in attempts:
-        with contextlib.suppress(vision.VisionError):
+        # Anything may go wrong here (even a log line, when mitmdump exits at once, as with --options): the warm-up
+        # is only a head start, never a reason to fail.
+        with contextlib.suppress(Exception):
             attempt()
 
 
