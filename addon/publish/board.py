@@ -99,6 +99,8 @@ class Board:
 
     def newest(self, limit: int, client: str | None = None) -> list[Event]:
         out: list[Event] = []
+        if limit <= 0:
+            return out
         for event in reversed(self.events):
             if client is None or event.client == client:
                 out.append(event)
