@@ -265,3 +265,45 @@ async def test_proxyauth_client_key(addon_env: Any) -> None:
         await capture.response(f)
     [ev] = events(sidecar)
     assert ev["client"] == "phone-3"
+
+
+async def capture_whirl(capture: CaptchaCapture, cid: str, client: str, seed: int) -> None:
+    u1, u2 = f"https://{CDN}/tos/{cid}-o.png", f"https://{CDN}/tos/{cid}-i.png"
+    await capture.response(make_flow("verification-va.tiktok.com", "/captcha/get", get_body(cid, "whirl", u1, u2),
+                                     client=client))
+    await capture.response(make_flow(CDN, f"/tos/{cid}-o.png", png((347, 347), hole=True, seed=seed), client=client))
+    await capture.response(make_flow(CDN, f"/tos/{cid}-i.png", png((211, 211), seed=seed), client=client))
+
+
+async def verify(capture: CaptchaCapture, client: str, request: dict[str, Any], accepted: bool = True) -> None:
+    answer = {"code": 200, "message": "Verification complete"} if accepted else {"code": 500, "message": "failed"}
+    await capture.response(make_flow("verification-va.tiktok.com", "/captcha/verify", json.dumps(answer).encode(),
+                                     method="POST", request_body=json.dumps(request).encode(), client=client))
+
+
+async def test_a_verify_belongs_to_the_challenge_it_names_and_to_that_challenges_client(addon_env: Any) -> None:
+    _, capture, sidecar = addon_env
+    await capture_whirl(capture, "a1", "10.0.0.2", 1)
+    await capture_whirl(capture, "a2", "10.0.0.2", 2)
+    await capture_whirl(capture, "b1", "10.0.0.3", 3)
+    # Another client (a controller, or a second app on the phone's connection) verifies a1: a1 and its owner.
+    await verify(capture, "10.0.0.3", {"id": "a1", "mode": "whirl", "reply": []})
+    # The owner verifies its older challenge although a2 is its newest: the challenge named, not the newest.
+    await verify(capture, "10.0.0.2", {"id": "a1", "mode": "whirl", "reply": []}, accepted=False)
+    # A verify that names no challenge is the sender's newest one.
+    await verify(capture, "10.0.0.3", {"mode": "whirl", "reply": []})
+    # An id never captured keeps the sender as its client, its kind from the verify's mode.
+    await verify(capture, "10.0.0.4", {"id": "zz", "mode": "slide", "reply": []})
+    verified = [(e["challenge"], e["client"], e["kind"], e["accepted"]) for e in events(sidecar)
+                if e["event"] == "verified"]
+    assert verified == [("a1", "10.0.0.2", "rotate", True), ("a1", "10.0.0.2", "rotate", False),
+                        ("b1", "10.0.0.3", "rotate", True), ("zz", "10.0.0.4", "slide", True)]
+
+
+async def test_a_verify_naming_no_challenge_from_a_client_without_one_is_dropped_with_a_log_line(
+        addon_env: Any, caplog: pytest.LogCaptureFixture) -> None:
+    _, capture, sidecar = addon_env
+    await verify(capture, "10.0.0.5", {"mode": "whirl", "reply": []})
+    await verify(capture, "10.0.0.5", {"id": "q", "mode": "icon", "reply": []})  # a kind this addon does not do
+    assert events(sidecar) == []
+    assert "names no challenge and 10.0.0.5 has none" in caplog.text

@@ -134,7 +134,10 @@ def test_pending_is_bounded() -> None:
         out += a.announce(f"dev{i}", [ch], 0.0)
         out += feed(a, ch, Role.OUTER, 0.0)
     assert a.pending_count == 10
-    assert sum(isinstance(o, Expired) and o.reason == "overflow" for o in out) >= 19
+    # The oldest go first, each the moment the eleventh is announced, with the part it had.
+    expired = [(o.challenge_id, o.reason, set(o.images)) for o in out if isinstance(o, Expired)]
+    assert expired == [(f"c{i}", "overflow", {Role.OUTER}) for i in range(20)]
+    assert not [o for o in out if not isinstance(o, Expired)]
 
 
 @dataclass(frozen=True)
@@ -246,3 +249,211 @@ def test_the_same_image_path_announced_to_two_clients_stays_with_each() -> None:
     [c2] = feed(a, first, Role.INNER, 0.5, client="dev2")
     assert isinstance(c1, Captured) and isinstance(c2, Captured)
     assert (c1.challenge_id, c1.client, c2.challenge_id, c2.client) == ("c-a", "dev1", "c-b", "dev2")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Edges of the rules, one at a time (each holds a line the random interleavings above do not reach)
+
+
+def png_body(size: tuple[int, int]) -> bytes:
+    import io
+
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("RGBA", size).save(out, "PNG")
+    return out.getvalue()
+
+
+def test_defaults_and_parts() -> None:
+    a = Assembler()
+    assert (a.window, a.piece_grace, a.max_pending, a.pending_count) == (30.0, 1.5, 20_000, 0)
+    p = make_part(Role.OUTER, "u", b"body", ImageInfo("png", 1, 1, True))
+    assert (p.role, p.url, p.sha256, p.body) == (Role.OUTER, "u", hashlib.sha256(b"body").hexdigest(), b"body")
+
+
+def test_a_challenge_served_again_joins_the_newer_get_and_the_rest_of_that_get_is_kept() -> None:
+    a = Assembler(window=30)
+    first, other = announce("a", Kind.ROTATE), announce("c", Kind.ROTATE)
+    a.announce("dev1", [first], 0.0)
+    feed(a, first, Role.OUTER, 0.1)
+    assert a.announce("dev1", [first, other], 0.2) == []  # "a" again, and "c" after it
+    [c] = feed(a, other, Role.OUTER, 0.3) + feed(a, other, Role.INNER, 0.4)
+    assert isinstance(c, Captured) and c.challenge_id == "c"
+    # "c" was captured and its sibling "a" (same get) went with it, without an event.
+    assert a.tick(100) == [] and a.pending_count == 0
+
+
+def test_a_challenge_served_again_is_replaced_by_the_next_get() -> None:
+    a = Assembler(window=30)
+    first, later = announce("a", Kind.ROTATE), announce("b", Kind.ROTATE)
+    a.announce("dev1", [first], 0.0)
+    feed(a, first, Role.OUTER, 0.1)
+    a.announce("dev1", [first], 0.2)
+    [e] = a.announce("dev1", [later], 0.3)
+    assert isinstance(e, Expired) and (e.challenge_id, e.client, e.reason) == ("a", "dev1", "replaced")
+
+
+def test_out_of_scope_challenges_are_announced_but_never_assembled() -> None:
+    a = Assembler(window=30)
+    three_d = AnnouncedChallenge(id="d", mode="3d", kind=None, urls={Role.BACKGROUND: (f"{CDN}/tos/3d.png",)})
+    whirl = announce("w", Kind.ROTATE)
+    assert a.announce("dev1", [three_d], 0.0) == []  # alone: no pending challenge for dev1
+    key = url_key(f"{CDN}/tos/3d.png")
+    assert a.is_announced(key) and a.role_of(key, "dev1") is None and a.pending_count == 0
+    a.announce("dev1", [three_d, whirl], 1.0)
+    feed(a, whirl, Role.OUTER, 1.1)
+    [c] = feed(a, whirl, Role.INNER, 1.2)
+    assert isinstance(c, Captured) and c.challenge_id == "w"
+    # Its path is remembered for one window after the last get that named it, a challenge's for two.
+    assert a.tick(30.9) == [] and a.is_announced(key)
+    a.tick(31.0)
+    assert not a.is_announced(key) and a.is_announced(url_key(whirl.urls[Role.OUTER][1]))
+    a.tick(62.0)
+    assert not a.is_announced(url_key(whirl.urls[Role.OUTER][0]))
+
+
+def test_announced_paths_are_forgotten_two_windows_after_their_get() -> None:
+    a = Assembler(window=10)
+    ch = announce("w", Kind.ROTATE)
+    a.announce("dev1", [ch], 0.0)
+    keys = [url_key(u) for urls in ch.urls.values() for u in urls]
+    a.tick(19.99)
+    assert all(a.is_announced(k) for k in keys)
+    a.tick(20.0)
+    assert not any(a.is_announced(k) for k in keys)
+    assert a.role_of(keys[0], "dev1") is None and a.add_announced_image(keys[0], "dev1", part(Role.OUTER, "u", "w"),
+                                                                          20.0) == []
+
+
+def test_a_slide_without_a_piece_url_is_captured_with_its_background_at_once() -> None:
+    a = Assembler(window=30, piece_grace=1.5)
+    bg_only = AnnouncedChallenge(id="s", mode="slide", kind=Kind.SLIDE,
+                                 urls={Role.BACKGROUND: (f"{CDN}/tos/s-bg.jpeg",)}, tip_y=3.0, verify_id="Verify_s")
+    a.announce("dev1", [bg_only], 0.0)
+    [c] = a.add_announced_image(url_key(f"{CDN}/tos/s-bg.jpeg"), "dev1",
+                                part(Role.BACKGROUND, f"{CDN}/tos/s-bg.jpeg", "s"), 0.1)
+    assert isinstance(c, Captured) and (c.tip_y, c.verify_id, set(c.images)) == (3.0, "Verify_s", {Role.BACKGROUND})
+
+
+def test_without_a_grace_a_slide_goes_without_waiting_for_its_piece() -> None:
+    a = Assembler(window=30, piece_grace=0)
+    ch = announce("s", Kind.SLIDE)
+    a.announce("dev1", [ch], 0.0)
+    [c] = feed(a, ch, Role.BACKGROUND, 0.1)
+    assert isinstance(c, Captured) and set(c.images) == {Role.BACKGROUND}
+
+
+def test_the_grace_and_the_window_end_exactly_at_their_time() -> None:
+    a = Assembler(window=30, piece_grace=1.5)
+    slide, whirl = announce("s", Kind.SLIDE), announce("w", Kind.ROTATE)
+    a.announce("dev1", [slide], 10.0)
+    feed(a, slide, Role.BACKGROUND, 10.0)
+    [c] = a.tick(11.5)
+    assert isinstance(c, Captured) and c.challenge_id == "s" and a._grace == {}
+    a.announce("dev2", [whirl], 20.0)
+    feed(a, whirl, Role.OUTER, 20.0, client="dev2")
+    assert a.tick(49.99) == []
+    [e] = a.tick(50.0)
+    assert isinstance(e, Expired) and (e.challenge_id, e.client, e.kind, e.reason) == ("w", "dev2", Kind.ROTATE,
+                                                                                        "window")
+
+
+def test_inline_images_count_as_parts_and_bad_ones_are_skipped() -> None:
+    a = Assembler(window=30, piece_grace=1.5)
+    bg, piece = png_body((552, 344)), png_body((110, 110))
+    broken = AnnouncedChallenge(id="s", mode="slide", kind=Kind.SLIDE,
+                                urls={Role.BACKGROUND: (f"{CDN}/tos/s-bg.png",), Role.PIECE: (f"{CDN}/tos/s-p.png",)},
+                                inline={Role.PIECE: b"not an image", Role.BACKGROUND: bg})
+    # The background came inline: the piece's grace starts at the get.
+    assert a.announce("dev1", [broken], 5.0) == []
+    [c] = a.tick(6.5)
+    assert isinstance(c, Captured) and set(c.images) == {Role.BACKGROUND}
+    part_ = c.images[Role.BACKGROUND]
+    assert (part_.url, part_.body, part_.info.width, part_.role) == ("inline:s#background", bg, 552, Role.BACKGROUND)
+    whole = AnnouncedChallenge(id="t", mode="slide", kind=Kind.SLIDE, urls={Role.BACKGROUND: ("u1",), Role.PIECE: ("u2",)},
+                               inline={Role.BACKGROUND: bg, Role.PIECE: piece})
+    [c] = a.announce("dev1", [whole], 7.0)
+    assert isinstance(c, Captured) and set(c.images) == {Role.BACKGROUND, Role.PIECE}
+
+
+def test_the_role_of_a_path_is_the_fetching_clients_own() -> None:
+    a = Assembler(window=30)
+    path = f"{CDN}/tos/shared.png"
+    one = AnnouncedChallenge(id="x", mode="whirl", kind=Kind.ROTATE, urls={Role.OUTER: (path,), Role.INNER: ("i1",)})
+    two = AnnouncedChallenge(id="y", mode="whirl", kind=Kind.ROTATE, urls={Role.OUTER: ("o2",), Role.INNER: (path,)})
+    a.announce("dev1", [one], 0.0)
+    a.announce("dev2", [two], 0.0)
+    key = url_key(path)
+    assert (a.role_of(key, "dev1"), a.role_of(key, "dev2"), a.role_of(key, "stranger")) == (
+        Role.OUTER, Role.INNER, Role.INNER)
+    assert a.role_of("never-announced", "dev1") is None
+    # A client announcing a path again becomes its newest owner.
+    a.announce("dev1", [AnnouncedChallenge(id="z", mode="whirl", kind=Kind.ROTATE,
+                                           urls={Role.OUTER: (path,), Role.INNER: ("i3",)})], 1.0)
+    assert a.role_of(key, "stranger") is Role.OUTER
+
+
+def test_geometry_parts_replace_their_own_role_and_expire_alone() -> None:
+    a = Assembler(window=30)
+    first, second = part(Role.OUTER, "u1", "g1"), part(Role.OUTER, "u2", "g2")
+    assert a.add_geometry_image("dev1", first, 0.0) == []
+    assert a.add_geometry_image("dev1", first, 0.1) == []  # the same picture again: nothing new
+    [e] = a.add_geometry_image("dev1", second, 0.2)
+    assert isinstance(e, Expired) and (e.client, e.reason, e.kind, e.images) == ("dev1", "replaced", Kind.ROTATE,
+                                                                                  {Role.OUTER: first})
+    assert e.challenge_id == "geo-" + hashlib.sha256(first.sha256.encode()).hexdigest()[:32]
+    assert a.pending_count == 1
+    assert a.tick(30.19) == []
+    [e] = a.tick(30.2)
+    assert isinstance(e, Expired) and (e.reason, e.images) == ("window", {Role.OUTER: second})
+    assert a.pending_count == 0 and a._loose == {}
+    piece, background = part(Role.PIECE, "p", "g3"), part(Role.BACKGROUND, "b", "g4")
+    a.add_geometry_image("dev1", piece, 40.0)
+    [e] = a.add_geometry_image("dev1", part(Role.PIECE, "p2", "g5"), 40.1)
+    assert isinstance(e, Expired) and e.kind is Kind.SLIDE
+    a.flush()
+    a.add_geometry_image("dev1", background, 50.0)
+    [e] = a.flush()
+    assert isinstance(e, Expired) and (e.kind, e.reason) == (None, "shutdown")
+
+
+def test_a_paired_picture_is_not_paired_again_for_two_windows() -> None:
+    a = Assembler(window=10)
+    outer, inner = part(Role.OUTER, "o", "g1"), part(Role.INNER, "i", "g1")
+    a.add_geometry_image("dev1", outer, 0.0)
+    [c] = a.add_geometry_image("dev1", inner, 0.0)
+    assert isinstance(c, Captured) and a.pending_count == 0 and a._loose == {}
+    ids = sorted(p.sha256 for p in (outer, inner))
+    assert c.challenge_id == "geo-" + hashlib.sha256("|".join(ids).encode()).hexdigest()[:32]
+    assert a.add_geometry_image("dev1", outer, 19.99) == [] and a.pending_count == 0
+    a.add_geometry_image("dev1", outer, 20.0)
+    assert a.pending_count == 1
+    a.tick(20.0)
+    assert a._recent_geometry == {}
+
+
+def test_flush_ends_everything_still_being_assembled() -> None:
+    a = Assembler(window=30)
+    started, empty = announce("a", Kind.ROTATE), announce("b", Kind.SLIDE)
+    a.announce("dev1", [started], 0.0)
+    a.announce("dev2", [empty], 0.0)
+    feed(a, started, Role.INNER, 0.1)
+    a.add_geometry_image("dev3", part(Role.OUTER, "o", "g"), 0.2)
+    out = a.flush()
+    assert sorted((o.challenge_id[:4], o.client, o.reason) for o in out if isinstance(o, Expired)) == [
+        ("a", "dev1", "shutdown"), ("geo-", "dev3", "shutdown")]
+    assert len(out) == 2 and a.pending_count == 0 and a.tick(100) == []
+
+
+def test_a_path_out_of_scope_for_one_client_is_not_taken_from_another_clients_challenge() -> None:
+    a = Assembler(window=30)
+    path = f"{CDN}/tos/same.png"
+    a.announce("dev1", [AnnouncedChallenge(id="d", mode="3d", kind=None, urls={Role.BACKGROUND: (path,)})], 0.0)
+    a.announce("dev2", [AnnouncedChallenge(id="w", mode="whirl", kind=Kind.ROTATE,
+                                           urls={Role.OUTER: (path,), Role.INNER: ("i",)})], 0.1)
+    assert a.add_announced_image(url_key(path), "dev1", part(Role.OUTER, path, "x"), 0.2) == []
+    assert a.role_of(url_key(path), "dev1") is None
+    a.add_announced_image(url_key("i"), "dev2", part(Role.INNER, "i", "w"), 0.3)
+    [c] = a.add_announced_image(url_key(path), "dev2", part(Role.OUTER, path, "w"), 0.4)
+    assert isinstance(c, Captured) and c.images[Role.OUTER].body == b"w:outer"

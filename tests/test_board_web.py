@@ -61,13 +61,15 @@ async def test_waiters_wake_on_their_own_client_only() -> None:
         await board.wait_change(client, 5)
         woke.append(client)
 
-    tasks = [asyncio.create_task(wait(c)) for c in ("a", "b")]
-    await asyncio.sleep(0.01)
+    tasks = {c: asyncio.create_task(wait(c)) for c in ("a", "b")}
+    async with asyncio.timeout(5):
+        while not all(board._clients.get(c) and board._clients[c].waiters for c in tasks):
+            await asyncio.sleep(0)
     log.emit("captured", "a", "x", "rotate")
-    await asyncio.sleep(0.01)
-    assert woke == ["a"]
+    await asyncio.wait_for(tasks["a"], 4)  # well inside its own timeout of 5 s: the event woke it
+    assert woke == ["a"] and not tasks["b"].done()
     log.emit("solved", "b", "y", "rotate")
-    await asyncio.gather(*tasks)
+    await asyncio.wait_for(tasks["b"], 4)
     assert woke == ["a", "b"]
 
 
@@ -82,3 +84,95 @@ async def test_waiters_wake_on_their_own_client_only() -> None:
 ])
 def test_drag_conversion(event: dict[str, object], query: dict[str, str], expected: object) -> None:
     assert drag_for(event, query) == expected
+
+
+def test_counts_per_proxy_and_per_client() -> None:
+    log, board = make()
+    log.emit("captured", "a", "x", "rotate")
+    log.emit("failed", "a", "x", "rotate", reason="timeout")
+    log.emit("captured", "a", "y", "rotate")
+    log.emit("failed", "a", "y", "rotate", reason="timeout")
+    log.emit("captured", "b", "z", "slide")
+    log.emit("failed", "b", "z", "slide", reason="bad_image")
+    log.emit("solved", "b", "w", "slide", x=3)
+    assert board.counts == {"captured": 3, "failed": 3, "solved": 1}
+    assert board.failed_reasons == {"timeout": 2, "bad_image": 1}
+    assert board.client_counts("a") == ({"captured": 2, "failed": 2}, {"timeout": 2})
+    assert board.client_counts("b") == ({"captured": 1, "failed": 1, "solved": 1}, {"bad_image": 1})
+    assert board.client_counts("nobody") == ({}, {})
+    assert board.knows("a") and not board.knows("nobody")
+
+
+def test_events_since_a_seq_for_a_resuming_stream() -> None:
+    log, board = make()
+    for n in range(6):
+        log.emit("captured", "ab"[n % 2], f"x{n}", "rotate")
+    assert [e.seq for e in board.since(0)] == [1, 2, 3, 4, 5, 6]
+    assert [e.seq for e in board.since(4)] == [5, 6]
+    assert board.since(6) == [] and board.since(-3)[0].seq == 1
+    assert [e.seq for e in board.since(2, "b")] == [4, 6]
+
+
+def test_recent_events_are_bounded_oldest_out() -> None:
+    from addon.publish.board import MAX_EVENTS
+
+    log, board = make()
+    for n in range(MAX_EVENTS + 3):
+        log.emit("captured", "a", f"x{n}", "rotate")
+    assert len(board.events) == MAX_EVENTS and board.events[0].seq == 4
+    assert board.counts["captured"] == MAX_EVENTS + 3
+
+
+def test_each_client_keeps_its_newest_answers() -> None:
+    from addon.publish.board import MAX_FINALS_PER_CLIENT
+
+    log, board = make()
+    for n in range(MAX_FINALS_PER_CLIENT + 2):
+        log.emit("captured", "a", f"x{n}", "rotate")
+        log.emit("solved", "a", f"x{n}", "rotate")
+    assert board.final_after("a", 0).challenge == "x2"  # type: ignore[union-attr]
+    # The newest captured challenge's final is still found, the oldest are gone.
+    assert board.final_of_newest("a").challenge == f"x{MAX_FINALS_PER_CLIENT + 1}"  # type: ignore[union-attr]
+    client = board._clients["a"]
+    assert len(client.finals_by_challenge) == MAX_FINALS_PER_CLIENT
+    assert "x1" not in client.finals_by_challenge and "x2" in client.finals_by_challenge
+
+
+def test_a_client_with_no_answer_yet_has_none_to_walk() -> None:
+    log, board = make()
+    log.emit("captured", "a", "x", "rotate")
+    assert board.final_after("a", 0) is None and board.latest_final("a") is None
+    assert board.final_after("nobody", 0) is None and board.final_of_newest("nobody") is None
+
+
+async def test_clients_are_bounded_and_a_forgotten_clients_waiters_wake() -> None:
+    from addon.publish.board import MAX_CLIENTS
+
+    log, board = make()
+    waiting = asyncio.create_task(board.wait_change("first", 30))
+    async with asyncio.timeout(5):
+        while not board.knows("first"):
+            await asyncio.sleep(0)
+    for n in range(MAX_CLIENTS - 1):
+        log.emit("captured", f"c{n}", f"x{n}", "rotate")
+    assert board.knows("first") and not waiting.done()
+    log.emit("captured", "one-too-many", "y", "rotate")
+    assert not board.knows("first") and board.knows("c0") and board.knows("one-too-many")
+    await asyncio.wait_for(waiting, 5)
+    # The least recently seen goes first: c0 is seen again, so c1 is the next to go.
+    log.emit("captured", "c0", "again", "rotate")
+    log.emit("captured", "another", "z", "rotate")
+    assert board.knows("c0") and not board.knows("c1")
+
+
+async def test_a_wait_that_times_out_leaves_no_waiter_behind() -> None:
+    _, board = make()
+    await board.wait_change("a", 0.01)
+    assert board._clients["a"].waiters == set()
+
+
+def test_only_failures_count_as_failure_reasons() -> None:
+    bus, board = EventBus(run="r"), Board()
+    bus.subscribe("board", board.add)
+    bus.emit(ev.Expired(client="a", challenge="x", kind="rotate", images={}, reason="window"))
+    assert board.failed_reasons == {} and board.client_counts("a") == ({"expired": 1}, {})

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import hashlib
 import io
+import itertools
 import json
 import os
 import subprocess
@@ -201,19 +202,31 @@ def test_job_ids_are_distinct_integers(kit: Kit, client: httpx.Client) -> None:
 
 
 def test_running_until_solve_time_then_success(kit: Kit, fake: FakeOmocaptcha, client: httpx.Client) -> None:
-    fake.control(solve_seconds=0.4)
+    fake.control(solve_seconds=60)
+
+    def at(job: int, seconds: float) -> dict[str, Any]:
+        """The job's result `seconds` after it was made, from the fake's logic with the time given (no waiting)."""
+        poll = json.dumps({"api_token": KEY, "job_id": job}).encode()
+        answer = fake.state.api("getJobResult", "application/json", poll, now=fake.state.jobs[job].created + seconds)
+        assert answer.body is not None
+        return answer.body
+
     job = create(client, rotate_body(kit))
     assert result(client, job) == {"error": False, "status": "running", "result": None}
     assert fake.stats()["jobs"]["running"] == 1
-    time.sleep(0.45)
-    assert result(client, job)["status"] == "success"
+    assert at(job, 59.99) == {"error": False, "status": "running", "result": None}
+    assert at(job, 60.0) == {"error": False, "status": "success", "result": str(round(123.4 / 360 * 271))}
     # an unsolvable job is running as long, then fails with result null
     bad = rotate_body(kit)
     bad["data"]["image_base64"] = "|".join(reversed(bad["data"]["image_base64"].split("|")))
     job = create(client, bad)
     assert result(client, job) == {"error": False, "status": "running", "result": None}
-    time.sleep(0.45)
-    assert result(client, job) == {"error": False, "status": "fail", "result": None}
+    assert at(job, 59.99) == {"error": False, "status": "running", "result": None}
+    assert at(job, 60.0) == {"error": False, "status": "fail", "result": None}
+    # over HTTP too, once the solve time has passed
+    fake.control(solve_seconds=0)
+    job = create(client, rotate_body(kit, 1))
+    assert result(client, job) == {"error": False, "status": "success", "result": str(round(200.0 / 360 * 271))}
 
 
 @pytest.mark.parametrize(
@@ -803,11 +816,16 @@ def test_stats_count_polls_and_intervals(
     assert result(client, job)["status"] == "success"
     result(client, job)  # one poll after the final answer
     result(client, other)
-    time.sleep(0.31)
+    deadline = time.monotonic() + 10
+    while ctl.get("/_stats").json()["jobs"]["running"]:  # the other job's solve time passing
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
     stats = ctl.get("/_stats").json()
     per = stats["polls"]["per_job"][str(job)]
     assert per["polls"] == 5 and per["polls_after_final"] == 1 and per["status"] == "success"
-    assert per["min_interval_ms"] < 120  # the last two polls came back to back
+    arrived = fake.state.jobs[job].polls
+    gaps = [(b - a) * 1000 for a, b in itertools.pairwise(arrived)]
+    assert per["min_interval_ms"] == round(min(gaps), 3) and min(gaps[:3]) >= 120  # slept 0.12 s between those
     assert stats["polls"]["max"] == 5 and stats["polls"]["total"] == 6
     assert stats["polls"]["min_interval_ms"] == per["min_interval_ms"]
     assert stats["polls"]["per_job"][str(other)]["min_interval_ms"] is None

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import dataclasses
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,11 +14,11 @@ import pytest
 from conftest import tiny_manifest
 
 from addon.capture.assemble import Captured, make_part
-from addon.capture.images import Role, probe
+from addon.capture.images import BadImage, Role, probe
 from addon.capture.recognise import Kind
 from addon.mitm.solving import make_http_client
 from addon.publish.bus import EventBus
-from addon.solving.omocaptcha_v1 import OmocaptchaV1Solver
+from addon.solving.omocaptcha_v1 import OmocaptchaV1Solver, job_payload
 from addon.solving.scheduler import Scheduler, SchedulerConfig
 from scripts.fake_omocaptcha import FakeOmocaptcha
 
@@ -47,6 +49,17 @@ def captured_from(
     return Captured(ch["id"] + suffix, client, Kind.ROTATE if mode == "whirl" else Kind.SLIDE, "get", parts, None, None)
 
 
+def cut(c: Captured, role: Role, keep: float = 0.6) -> Captured:
+    """The challenge with one image cut short, as a download that broke off (its header still probes)."""
+    part = c.images[role]
+    images = {**c.images, role: dataclasses.replace(part, body=part.body[: int(len(part.body) * keep)])}
+    return dataclasses.replace(c, images=images)
+
+
+def without(c: Captured, role: Role) -> Captured:
+    return dataclasses.replace(c, images={r: p for r, p in c.images.items() if r is not role})
+
+
 class Harness:
     """A scheduler with omocaptcha v1 as its only solver, the events it emits kept as their JSON."""
 
@@ -64,11 +77,14 @@ class Harness:
     def finals(self) -> list[dict[str, Any]]:
         return [e for e in self.events if e["event"] in ("solved", "failed")]
 
+    async def until(self, done: Callable[[], bool], limit: float = 10) -> None:
+        """A bounded poll on a condition (the events come from the scheduler's own tasks)."""
+        async with asyncio.timeout(limit):
+            while not done():
+                await asyncio.sleep(0.01)
+
     async def settle(self, n: int = 1, limit: float = 10) -> list[dict[str, Any]]:
-        for _ in range(int(limit / 0.02)):
-            if len(self.finals()) >= n:
-                break
-            await asyncio.sleep(0.02)
+        await self.until(lambda: len(self.finals()) >= n, limit)
         return self.finals()
 
 
@@ -107,13 +123,19 @@ async def test_slide_sends_background_and_width_view(fake: FakeOmocaptcha, manif
     await h.solver.shutdown()
 
 
-async def test_polls_respect_the_interval(fake: FakeOmocaptcha, manifest_dir: Any) -> None:
+async def test_polls_wait_poll_ms_before_the_first_and_between(fake: FakeOmocaptcha, manifest_dir: Any) -> None:
     fake.control(solve_seconds=0.5)
     h = Harness(fake.base_url, poll_s=0.2)
     h.solver.submit(captured_from(manifest_dir, "whirl"))
     [final] = await h.settle()
     assert final["event"] == "solved"
-    assert fake.stats()["polls"]["min_interval_ms"] >= 190
+    log = fake.log()
+    [created] = [r["time"] for r in log if r["path"].endswith("createJob")]
+    polls = [r["time"] for r in log if r["path"].endswith("getJobResult")]
+    # captcha_poll_ms is also the pause before the first poll: a job is never done the moment it is made.
+    assert polls[0] - created >= 0.195, polls[0] - created
+    assert fake.stats()["polls"]["min_interval_ms"] >= 195
+    assert len(polls) == fake.stats()["polls"]["total"] >= 2
     await h.solver.shutdown()
 
 
@@ -179,17 +201,26 @@ async def test_create_job_refused_with_429_is_retried(fake: FakeOmocaptcha, mani
         h.solver.submit(captured_from(manifest_dir, "whirl", n))
     finals = await h.settle(2)
     assert [f["event"] for f in finals] == ["solved", "solved"]
+    creates = [r["status"] for r in fake.log() if r["path"].endswith("createJob")]
+    # Spread draws with seed 0 refuse the second create of three: that one alone is sent again.
+    assert creates == [200, 429, 200] and fake.stats()["faults"]["createJob"] == {"http_429": 1}
+    assert fake.stats()["jobs"]["created"] == 2 and h.solver.jobs_sent == 2
     await h.solver.shutdown()
 
 
-async def test_timeout_counts_from_capture(fake: FakeOmocaptcha, manifest_dir: Any) -> None:
+async def test_a_job_the_service_never_finishes_ends_at_its_deadline(fake: FakeOmocaptcha, manifest_dir: Any) -> None:
+    # The slot wait counted in the deadline is pinned in test_scheduler.py; this is the same rule on a real job.
     fake.control(solve_seconds=30)
     h = Harness(fake.base_url, timeout_s=0.6)
     loop = asyncio.get_running_loop()
     start = loop.time()
     h.solver.submit(captured_from(manifest_dir, "slide"))
     [final] = await h.settle()
-    assert final["reason"] == "timeout" and loop.time() - start < 1.5
+    took = loop.time() - start
+    assert (final["reason"], final["service"], final["tried"]) == ("timeout", "omocaptcha-v1", ["omocaptcha-v1"])
+    [create] = [r for r in fake.log() if r["path"].endswith("createJob")]
+    assert final["job_id"] == create["job_id"] and isinstance(create["job_id"], int)
+    assert 0.6 <= took < 0.6 + 5, took  # the deadline, not settle()'s own limit of 10 s
     await h.solver.shutdown()
 
 
@@ -237,7 +268,7 @@ async def test_shutdown_fails_everything_in_flight(fake: FakeOmocaptcha, manifes
     h = Harness(fake.base_url, timeout_s=60)
     for n in range(3):
         h.solver.submit(captured_from(manifest_dir, "whirl", n % 2, client=f"c{n}", suffix=f"-{n}"))
-    await asyncio.sleep(0.2)
+    await h.until(lambda: len([e for e in h.events if e["event"] == "solving"]) == 3)
     await h.solver.shutdown()
     assert sorted(f["reason"] for f in h.finals()) == ["shutdown"] * 3
     assert h.solver.in_flight == 0
@@ -255,7 +286,55 @@ async def test_a_hanging_service_ends_every_challenge_at_its_deadline(
     for n in range(2):
         h.solver.submit(captured_from(manifest_dir, "whirl", n, suffix=f"-{n}"))
     finals = await h.settle(2)
+    took = loop.time() - start
     assert [f["reason"] for f in finals] == ["timeout", "timeout"]
-    assert loop.time() - start < 2.0
+    assert 1.0 <= took < 1.0 + 5, took  # the deadline, not settle()'s own limit of 10 s
     assert len([r for r in fake.log() if r["path"].endswith("createJob")]) == 2
+    await h.solver.shutdown()
+
+
+def test_job_payload_of_whole_images(manifest_dir: Any) -> None:
+    whirl, slide = captured_from(manifest_dir, "whirl"), captured_from(manifest_dir, "slide")
+    b64 = {r: base64.b64encode(p.body).decode() for r, p in (whirl.images | slide.images).items()}
+    assert job_payload(whirl, 340) == ("23", b64[Role.INNER] + "|" + b64[Role.OUTER], None)
+    assert job_payload(slide, 276) == ("21", b64[Role.BACKGROUND], 276)
+    # The piece is never sent, so a piece cut short does not matter.
+    assert job_payload(cut(slide, Role.PIECE), 340) == ("21", b64[Role.BACKGROUND], 340)
+
+
+@pytest.mark.parametrize(("mode", "role"), [("whirl", Role.INNER), ("whirl", Role.OUTER), ("slide", Role.BACKGROUND)])
+def test_job_payload_refuses_an_image_cut_short(manifest_dir: Any, mode: str, role: Role) -> None:
+    c = captured_from(manifest_dir, mode)
+    assert c.images[role].info.format == ("jpeg" if role is Role.BACKGROUND else "png")
+    with pytest.raises(BadImage, match=f"{c.images[role].info.format} ends before its end marker"):
+        job_payload(cut(c, role), 340)
+    # One byte short is as cut as a third short.
+    with pytest.raises(BadImage, match="truncated"):
+        job_payload(cut(c, role, keep=(len(c.images[role].body) - 1) / len(c.images[role].body)), 340)
+
+
+@pytest.mark.parametrize(("mode", "role", "message"), [
+    ("whirl", Role.INNER, "without both inner and outer"), ("whirl", Role.OUTER, "without both inner and outer"),
+    ("slide", Role.BACKGROUND, "without its background"),
+])
+def test_job_payload_refuses_a_challenge_missing_an_image(manifest_dir: Any, mode: str, role: Role,
+                                                          message: str) -> None:
+    with pytest.raises(BadImage, match=message):
+        job_payload(without(captured_from(manifest_dir, mode), role), 340)
+
+
+@pytest.mark.parametrize(("mode", "role"), [("whirl", Role.OUTER), ("slide", Role.BACKGROUND)])
+async def test_an_image_cut_short_fails_as_bad_image_without_a_job(fake: FakeOmocaptcha, manifest_dir: Any,
+                                                                    mode: str, role: Role) -> None:
+    h = Harness(fake.base_url)
+    h.solver.submit(cut(captured_from(manifest_dir, mode), role))
+    [final] = await h.settle()
+    assert (final["event"], final["reason"], final["tried"]) == ("failed", "bad_image", ["omocaptcha-v1"])
+    assert "truncated" in final["message"]
+    assert [e["event"] for e in h.events] == ["failed"]
+    assert not [r for r in fake.log() if r["path"].endswith("createJob")] and h.solver.jobs_sent == 0
+    # The whole challenge is solved as usual afterwards.
+    h.solver.submit(captured_from(manifest_dir, mode, suffix="-whole"))
+    finals = await h.settle(2)
+    assert finals[1]["event"] == "solved"
     await h.solver.shutdown()
