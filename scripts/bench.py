@@ -146,8 +146,8 @@ FULL = Settings(
 )
 QUICK = Settings(
     quick=True, concurrency=8, rounds=1, round_seconds=1.5, warmup_seconds=0.3, body_bytes=50_000,
-    flowcost_plain=5_000, flowcost_captcha=200, dispatch_rounds=4, levels=((1, 6), (10, 1), (30, 1)),
-    memory_low=50, memory_high=500, memory_devices=25, memory_points=1, memory_settle=0.3,
+    flowcost_plain=5_000, flowcost_captcha=200, dispatch_rounds=4, levels=((1, 4), (5, 1), (15, 1)),
+    memory_low=50, memory_high=300, memory_devices=10, memory_points=1, memory_settle=0.3,
     manifest_per_mode=24,
 )
 
@@ -1159,7 +1159,7 @@ def bench_local(s: Settings, report: Report, origin: ChildOrigin, work: Path) ->
                                 "captcha_sidecar": str(work / "local.jsonl"), "looplag_file": str(looplag)})
     proxy.start()
     details: Json = {"levels": {}}
-    rounds = {1: 6 if s is QUICK else 40, 20: 1 if s is QUICK else 3}
+    rounds = {1: 3 if s is QUICK else 40, 20: 1 if s is QUICK else 3}
     first_ip = 2
     try:
         for index, n in enumerate(LOCAL_LEVELS):
