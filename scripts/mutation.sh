@@ -19,7 +19,8 @@ find . -name __pycache__ -prune -exec rm -rf {} +
 ln -sfn "$root/.venv" .venv
 status=0
 timeout "${MUTATION_TIMEOUT:-3600}" .venv/bin/mutmut run --max-children "${JOBS:-2}" "$@" > mutmut-run.log 2>&1 || status=$?
-.venv/bin/mutmut results
+echo "survivors:"
+.venv/bin/mutmut results | grep -E ': (survived|suspicious|no tests)$' || echo "    none"
 .venv/bin/mutmut export-cicd-stats > /dev/null
 .venv/bin/python - <<'EOF'
 import json

@@ -363,8 +363,8 @@ async def test_the_job_a_solver_gets() -> None:
 
     def look(challenge: Captured, job: Job) -> Solution:
         seen.update(width_view=job.width_view, poll_s=job.poll_s)
-        job.job_sent()
-        job.job_sent()
+        for _ in range(3):
+            job.job_sent()
         job.job_not_sent()
         return Solution("1", SlideAnswer.from_view(1.0, 10, 276))
 
@@ -372,7 +372,7 @@ async def test_the_job_a_solver_gets() -> None:
     h.scheduler.submit(captured("s", kind=Kind.SLIDE))
     await h.settle()
     assert seen == {"width_view": 276, "poll_s": 0.25}
-    assert h.scheduler.jobs_sent_by_kind() == {"omocaptcha-v1": {"slide": 1}}
+    assert h.scheduler.jobs_sent_by_kind() == {"omocaptcha-v1": {"slide": 2}}
     await h.scheduler.shutdown()
 
 
@@ -719,7 +719,9 @@ async def test_a_service_down_for_a_while_is_down_in_the_stats_and_probed(fast_m
     await until(lambda: state.wanted_at == 100.0)
     h.clock.now += state.health.probe_s
     [final] = await h.settle()
-    assert final["reason"] == "api_error" and solver.check_calls == 2
+    assert (final["reason"], final["message"]) == (
+        "api_error", "omocaptcha-v1 is unreachable; failing fast until it answers again")
+    assert solver.check_calls == 2
     await h.scheduler.shutdown()
 
 
@@ -1049,3 +1051,6 @@ def test_shared_answers_round_trip() -> None:
     assert json.loads(scheduler_module.shared_json("s", Solution("5", RotateAnswer.from_angle(90)))) == {
         "service": "s", "result": "5", "confidence": None, "kind": "rotate",
         "answer": {"value": 67.75, "fraction": 0.25, "angle": 90.0}}
+    slide = SlideAnswer.from_view(170, 552, 340)
+    assert json.loads(scheduler_module.shared_json("s", Solution("170", slide, 0.5))) == {
+        "service": "s", "result": "170", "confidence": 0.5, "kind": "slide", "answer": slide.to_json()}
