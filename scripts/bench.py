@@ -2,10 +2,10 @@
 
     uv run python -m scripts.bench [--quick] [--out FILE.json] [--markdown] [--only SECTION ...] [--keep]
 
-Everything runs on loopback: the test origin (``scripts/testkit/origin.py``) and the fake solving service
-(``scripts/fake_omocaptcha.py``) each in a child process of their own (no GIL shared with the clients), real
-``mitmdump`` processes (``scripts/testkit/proxy.py``, ``flow_detail=0`` so that printing flows costs nothing)
-and simulated devices (``scripts/testkit/device.py``). Challenges come from ``scripts/testkit/synth.py``.
+Everything runs on loopback: the test origin (``tests/kit/origin.py``) and the fake solving service
+(``tests/kit/fake_omocaptcha.py``) each in a child process of their own (no GIL shared with the clients), real
+``mitmdump`` processes (``tests/kit/proxy.py``, ``flow_detail=0`` so that printing flows costs nothing)
+and simulated devices (``tests/kit/device.py``). Challenges come from ``tests/kit/synth.py``.
 
 1. ``overhead``: ordinary traffic, ``GET /plain/json`` and ``GET /plain/bytes?n=50000`` over HTTPS (CONNECT
    tunnel, keep-alive HTTP/1.1, 8 concurrent connections of one httpx client) through mitmdump with the addon
@@ -80,8 +80,8 @@ from typing import Any
 
 import httpx
 
-from scripts.testkit.device import Device, Fleet
-from scripts.testkit.proxy import MitmdumpProcess
+from tests.kit.device import Device, Fleet
+from tests.kit.proxy import MitmdumpProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 ADDON_SCRIPT = "addon/main.py"
@@ -343,7 +343,7 @@ def log(message: str) -> None:
 
 def generate_manifest(directory: Path, per_mode: int, seed: int = 11) -> Json:
     """``per_mode`` whirl and slide challenges (and a few 3d ones) from the test kit's generator."""
-    from scripts.testkit import synth
+    from tests.kit import synth
 
     synth.generate(directory, seed, per_mode)
     manifest: Json = json.loads((directory / "manifest.json").read_text())
@@ -360,7 +360,7 @@ def count_modes(manifest: Json) -> dict[str, int]:
 class ChildOrigin:
     """An origin server in a child process of its own (so it shares no GIL with the clients).
 
-    ``kind="testkit"`` runs ``scripts/testkit/origin.py`` (every traffic of the overhead and latency sections).
+    ``kind="testkit"`` runs ``tests/kit/origin.py`` (every traffic of the overhead and latency sections).
     ``kind="bench"`` runs ``BenchOrigin`` below for the memory section: it gives every challenge a fresh id *and*
     fresh image paths, as real traffic does (the test kit's origin starts over under new ids but the same image
     paths, and the addon's per-path bookkeeping would then not grow as it does in real life).
@@ -382,7 +382,7 @@ class ChildOrigin:
     def start(self) -> ChildOrigin:
         self.workdir.mkdir(parents=True, exist_ok=True)
         if self.kind == "testkit":
-            args = [sys.executable, "-m", "scripts.testkit.origin", "--manifest", str(self.manifest_dir)]
+            args = [sys.executable, "-m", "tests.kit.origin", "--manifest", str(self.manifest_dir)]
         else:
             args = [sys.executable, "-c", "import scripts.bench as b; b.bench_origin_child()",
                     str(self.manifest_dir)]
@@ -489,7 +489,7 @@ class BenchOrigin:
 def bench_origin_child() -> None:
     """Entry point of the ``bench`` origin's process: serves plain HTTP and HTTPS (self-signed, h2 and
     HTTP/1.1), prints its ports as one JSON line, stops on SIGTERM."""
-    from scripts.testkit.origin import listen, self_signed_cert
+    from tests.kit.origin import listen, self_signed_cert
 
     app = BenchOrigin(Path(sys.argv[1]))
 
@@ -1383,7 +1383,7 @@ def bench_memory(s: Settings, report: Report, manifest_dir: Path, work: Path) ->
 @contextlib.contextmanager
 def fake_service(manifest_dir: Path, work: Path) -> Iterator[str]:
     """The fake solving service in a child process; yields its base URL (``http://127.0.0.1:PORT``)."""
-    args = [sys.executable, "-m", "scripts.fake_omocaptcha", "--port", "0", "--key", SERVICE_KEY,
+    args = [sys.executable, "-m", "tests.kit.fake_omocaptcha", "--port", "0", "--key", SERVICE_KEY,
             "--manifest", str(manifest_dir), "--solve-seconds", "0", "--balance", "1000"]
     with open(work / "fake.log", "ab") as err:
         proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=err, start_new_session=True)

@@ -69,8 +69,8 @@ from scripts.bench import (
 )
 from scripts.bench import FULL as BENCH_FULL
 from scripts.bench import QUICK as BENCH_QUICK
-from scripts.testkit.device import Device
-from scripts.testkit.proxy import MitmdumpProcess, free_port
+from tests.kit.device import Device
+from tests.kit.proxy import MitmdumpProcess, free_port
 
 Json = dict[str, Any]
 STREAM = "captcha:events"
@@ -109,7 +109,7 @@ def expected_keys() -> list[str]:
 
 
 def plain_manifest(directory: Path, per_mode: int, seed: int = 23) -> None:
-    """``per_mode`` whirl and slide challenges in the test kit's manifest format (``scripts/testkit/CONTRACT.md``),
+    """``per_mode`` whirl and slide challenges in the test kit's manifest format (``tests/kit/CONTRACT.md``),
     every image different from every other. The fake service knows a challenge by its images' sha256 and the proxy
     tells roles by size, so plain pictures with the challenge's number drawn in blocks do; they take about 2 ms an
     image, where the synthetic generator takes a tenth of a second a challenge."""

@@ -4,7 +4,7 @@
 
 Two splits, kept apart on purpose (`scripts/eval_local.py` reports on `eval` only):
 
-- ``tune``: generated pictures only (the test kit's procedural scenes, ``scripts/testkit/synth.py``), cut into whirl
+- ``tune``: generated pictures only (the test kit's procedural scenes, ``tests/kit/synth.py``), cut into whirl
   pairs and slides and degraded the same way as the evaluation items, a test-kit batch of its own seed, and
   negatives for the confidence fit (whirl parts of two pictures; pictures without a gap, and the kit's 3D images,
   with a foreign piece). The confidence mapping and every threshold of the solver were fitted on this split.
@@ -40,7 +40,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageChops, ImageFilter
 
-from scripts.testkit import synth
+from tests.kit import synth
 
 SAMPLES = Path(__file__).resolve().parent.parent.parent / "shared" / "samples"
 REAL_PAIRS = (("real-png", "whirl-png-outer-347.png", "whirl-png-inner-211.png"),

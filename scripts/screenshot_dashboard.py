@@ -23,11 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from scripts.fake_omocaptcha import FakeOmocaptcha
-from scripts.testkit import synth
-from scripts.testkit.device import Challenge, Device
-from scripts.testkit.origin import OriginServer
-from scripts.testkit.proxy import MitmdumpError, MitmdumpProcess, OptionValue
+from tests.kit import synth
+from tests.kit.device import Challenge, Device
+from tests.kit.fake_omocaptcha import FakeOmocaptcha
+from tests.kit.origin import OriginServer
+from tests.kit.proxy import MitmdumpError, MitmdumpProcess, OptionValue
 
 KEY = "screenshot-key"
 DEFAULT_OUT = Path("docs/dashboard.png")

@@ -17,11 +17,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-from scripts.fake_omocaptcha import FakeOmocaptcha
-from scripts.testkit import synth
-from scripts.testkit.device import Device, describe, drive
-from scripts.testkit.origin import OriginServer
-from scripts.testkit.proxy import MitmdumpError, MitmdumpProcess
+from tests.kit import synth
+from tests.kit.device import Device, describe, drive
+from tests.kit.fake_omocaptcha import FakeOmocaptcha
+from tests.kit.origin import OriginServer
+from tests.kit.proxy import MitmdumpError, MitmdumpProcess
 
 KEY = "try-it-key"
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -31,16 +32,17 @@ def sample(name: str) -> bytes:
 
 
 def seal(obj: Any, version: int = 1) -> str:
-    """An edata envelope made the way captcha-traffic.md describes, independently of the addon's decoder."""
-    key, nonce = os.urandom(32), os.urandom(12)
+    """An edata envelope made the way captcha-traffic.md describes, independently of the addon's decoder.
+    Key and nonce follow from the plaintext, so parametrized ids are the same in every pytest-xdist worker."""
+    plain = json.dumps(obj).encode()
+    key, nonce = hashlib.sha256(b"key" + plain).digest(), hashlib.sha256(b"nonce" + plain).digest()[:12]
     enc = Cipher(ChaCha20(key, b"\0\0\0\0" + nonce), mode=None).encryptor()
-    cipher = enc.update(json.dumps(obj).encode()) + enc.finalize()
+    cipher = enc.update(plain) + enc.finalize()
     return base64.b64encode(bytes([version]) + key + nonce + cipher).decode()
 
 
 def tiny_manifest(directory: Path, whirls: int = 2, slides: int = 2) -> dict[str, Any]:
-    """A small manifest in the test kit's format (scripts/testkit/CONTRACT.md), quick to make."""
-    import hashlib
+    """A small manifest in the test kit's format (tests/kit/CONTRACT.md), quick to make."""
     import io
     import random
 

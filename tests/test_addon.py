@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import seal
+from tests.conftest import seal
 from mitmproxy import exceptions
 from mitmproxy.test import taddons, tflow, tutils
 from PIL import Image, ImageDraw

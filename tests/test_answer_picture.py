@@ -5,11 +5,11 @@ import random
 
 import numpy as np
 import pytest
-from conftest import sample
+from tests.conftest import sample
 from PIL import Image
 
 from addon.publish.answer_picture import LINE_COLOUR, PictureError, best_y, draw_answer
-from scripts.testkit import synth
+from tests.kit import synth
 
 LABELS = {"png": ("png", 76.0), "jpeg": ("jpg", 160.0)}
 """The real whirl pairs' answers (../shared/samples/LABELS.md)."""

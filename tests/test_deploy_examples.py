@@ -18,11 +18,11 @@ import httpx
 import pytest
 from ruamel.yaml import YAML
 
-from scripts.fake_omocaptcha import FakeOmocaptcha
-from scripts.testkit.device import parse_challenges
-from scripts.testkit.origin import OriginServer
-from scripts.testkit.proxy import MitmdumpProcess
 from tests.conftest import tiny_manifest
+from tests.kit.device import parse_challenges
+from tests.kit.fake_omocaptcha import FakeOmocaptcha
+from tests.kit.origin import OriginServer
+from tests.kit.proxy import MitmdumpProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "scripts" / "deploy"

@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e_kit import KEY, proxy
 
-from scripts.fake_omocaptcha import FakeOmocaptcha
-from scripts.testkit.device import Challenge, Device
-from scripts.testkit.origin import OriginServer
-from scripts.testkit.synth import generate
+from tests.kit.device import Challenge, Device
+from tests.kit.e2e import KEY, proxy
+from tests.kit.fake_omocaptcha import FakeOmocaptcha
+from tests.kit.origin import OriginServer
+from tests.kit.synth import generate
 
 pytestmark = pytest.mark.timeout(180)
 

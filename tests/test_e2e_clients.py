@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e_kit import proxy
 
-from scripts.testkit.device import Challenge, Device
-from scripts.testkit.origin import OriginServer
-from scripts.testkit.synth import generate
+from tests.kit.device import Challenge, Device
+from tests.kit.e2e import proxy
+from tests.kit.origin import OriginServer
+from tests.kit.synth import generate
 
 HEADER = "X-Device-Id"
 pytestmark = pytest.mark.timeout(120)

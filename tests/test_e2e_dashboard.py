@@ -17,14 +17,14 @@ from typing import Any
 
 import numpy as np
 import pytest
-from e2e_kit import KEY, proxy
 from PIL import Image
 from playwright.async_api import Page, async_playwright, expect
 
-from scripts.fake_omocaptcha import FakeOmocaptcha
-from scripts.testkit.device import Challenge, Device
-from scripts.testkit.origin import OriginServer
-from scripts.testkit.synth import generate
+from tests.kit.device import Challenge, Device
+from tests.kit.e2e import KEY, proxy
+from tests.kit.fake_omocaptcha import FakeOmocaptcha
+from tests.kit.origin import OriginServer
+from tests.kit.synth import generate
 
 pytestmark = pytest.mark.timeout(90)
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")

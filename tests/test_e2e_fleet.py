@@ -1,4 +1,4 @@
-"""End to end, fleet mode: real mitmdump processes against a real redis-server (tests/redis_server.py), devices
+"""End to end, fleet mode: real mitmdump processes against a real redis-server (tests/kit/redis_server.py), devices
 sending real traffic through them, and the fake solving service.
 
 One fleet of three proxies (A, B, C) on one Redis serves the first four tests, in file order; the shared-solving
@@ -23,17 +23,17 @@ from typing import Any, cast
 
 import pytest
 import redis.asyncio as aioredis
-from e2e_kit import KEY, read_events
 
 from addon.fleet import connect
 from addon.fleet.shared import CLAIM_TTL_S
 from scripts.bench_fleet import plain_manifest
-from scripts.fake_omocaptcha import FakeOmocaptcha
 from scripts.fleet_consumer import Consumer, ensure_group
-from scripts.testkit.device import Challenge, Device
-from scripts.testkit.origin import OriginServer
-from scripts.testkit.proxy import MitmdumpProcess
-from tests.redis_server import RedisServer, RedisServers
+from tests.kit.device import Challenge, Device
+from tests.kit.e2e import KEY, read_events
+from tests.kit.fake_omocaptcha import FakeOmocaptcha
+from tests.kit.origin import OriginServer
+from tests.kit.proxy import MitmdumpProcess
+from tests.kit.redis_server import RedisServer, RedisServers
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from ruamel.yaml import YAML
 
-from scripts.testkit.proxy import MITMDUMP, PROJECT_ROOT, MitmdumpError, MitmdumpProcess
+from tests.kit.proxy import MITMDUMP, PROJECT_ROOT, MitmdumpError, MitmdumpProcess
 
 STARTUP_ERROR = "logged during startup, exiting..."  # "Error" or "Errors"
 

@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e_kit import KEY, proxy, read_events
 
-from scripts.fake_omocaptcha import FakeOmocaptcha
-from scripts.testkit.device import Device
-from scripts.testkit.origin import OriginServer
-from scripts.testkit.synth import generate
+from tests.kit.device import Device
+from tests.kit.e2e import KEY, proxy, read_events
+from tests.kit.fake_omocaptcha import FakeOmocaptcha
+from tests.kit.origin import OriginServer
+from tests.kit.synth import generate
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -10,11 +10,11 @@ from typing import Any
 
 import httpx
 import pytest
-from e2e_kit import proxy
 
-from scripts.testkit.device import Device
-from scripts.testkit.origin import OriginServer
-from scripts.testkit.synth import generate
+from tests.kit.device import Device
+from tests.kit.e2e import proxy
+from tests.kit.origin import OriginServer
+from tests.kit.synth import generate
 
 pytestmark = pytest.mark.timeout(120)
 TOKEN = "stream-token-5e1f"

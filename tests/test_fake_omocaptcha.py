@@ -1,4 +1,4 @@
-"""The fake omocaptcha service (scripts/fake_omocaptcha.py) holds the v1 job contract strictly."""
+"""The fake omocaptcha service (tests/kit/fake_omocaptcha.py) holds the v1 job contract strictly."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from scripts.fake_omocaptcha import FAULTS_BY_ENDPOINT, FakeOmocaptcha, FakeState
+from tests.kit.fake_omocaptcha import FAULTS_BY_ENDPOINT, FakeOmocaptcha, FakeState
 
 KEY = "key-one"
 KEY2 = "key-two"
@@ -877,7 +877,7 @@ def test_command_line(kit: Kit) -> None:
         [
             sys.executable,
             "-m",
-            "scripts.fake_omocaptcha",
+            "tests.kit.fake_omocaptcha",
             "--port",
             "0",
             "--key",
@@ -918,7 +918,7 @@ def test_command_line(kit: Kit) -> None:
 
 def test_command_line_rejects_bad_faults(kit: Kit) -> None:
     r = subprocess.run(
-        [sys.executable, "-m", "scripts.fake_omocaptcha", "--key", KEY, "--fault", "getBalance:empty_result=1"],
+        [sys.executable, "-m", "tests.kit.fake_omocaptcha", "--key", KEY, "--fault", "getBalance:empty_result=1"],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         capture_output=True,

@@ -1,4 +1,4 @@
-"""The fake omocaptcha service (scripts/fake_omocaptcha.py) holds the v2 task contract as strictly as v1."""
+"""The fake omocaptcha service (tests/kit/fake_omocaptcha.py) holds the v2 task contract as strictly as v1."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from scripts.fake_omocaptcha import (
+from tests.kit.fake_omocaptcha import (
     ALL_FAULTS_BY_ENDPOINT,
     JOB_FAILED,
     TASK_ROTATE,
@@ -28,7 +28,7 @@ from scripts.fake_omocaptcha import (
     FakeOmocaptcha,
     FakeState,
 )
-from scripts.testkit.synth import AnyChallenge, Manifest, generate
+from tests.kit.synth import AnyChallenge, Manifest, generate
 
 KEY = "key-one"
 KEY2 = "key-two"
@@ -774,7 +774,7 @@ def test_fuzz_never_crashes_and_answers_the_error_shape(body: Any, endpoint: str
 
 def _cli(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "scripts.fake_omocaptcha", *args],
+        [sys.executable, "-m", "tests.kit.fake_omocaptcha", *args],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         capture_output=True,
@@ -785,7 +785,7 @@ def _cli(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
 
 def test_command_line_serves_v2(kit: Kit) -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "scripts.fake_omocaptcha", "--port", "0", "--key", KEY, "--manifest", str(kit.dir),
+        [sys.executable, "-m", "tests.kit.fake_omocaptcha", "--port", "0", "--key", KEY, "--manifest", str(kit.dir),
          "--fault", "v2/getBalance:http_502=1", "--balance", "2.5"],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},

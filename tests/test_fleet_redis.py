@@ -1,4 +1,4 @@
-"""Fleet mode's Redis parts against real redis-server processes (tests/redis_server.py starts them)."""
+"""Fleet mode's Redis parts against real redis-server processes (tests/kit/redis_server.py starts them)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from addon.fleet.reader import FleetReader
 from addon.fleet.shared import FleetSolveCoordinator, image_set_key, solve_shared
 from addon.fleet.stream import RedisEventStream
 from scripts.fleet_consumer import Consumer, ensure_group
-from tests.redis_server import RedisServer, RedisServers, redis_servers_fixture
+from tests.kit.redis_server import RedisServer, RedisServers, redis_servers_fixture
 
 STREAM = "captcha:events"
 

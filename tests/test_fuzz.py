@@ -33,7 +33,7 @@ from typing import Any
 import brotli
 import pytest
 import zstandard
-from conftest import SAMPLES, samples_missing
+from tests.conftest import SAMPLES, samples_missing
 from cryptography.hazmat.primitives.ciphers import Cipher
 from cryptography.hazmat.primitives.ciphers.algorithms import ChaCha20
 from hypothesis import HealthCheck, currently_in_test_context, given, settings

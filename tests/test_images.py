@@ -5,7 +5,7 @@ import struct
 import zlib
 
 import pytest
-from conftest import sample
+from tests.conftest import sample
 from PIL import Image
 
 from addon.capture import images

@@ -19,8 +19,8 @@ from addon.capture.images import Role, probe
 from addon.capture.recognise import Kind
 from addon.solving.base import RotateAnswer, SlideAnswer, Solution, SolveFailure
 from addon.solving.omocaptcha_v2 import DEFAULT_URL, OmocaptchaV2Solver
-from scripts.fake_omocaptcha import FakeOmocaptcha
-from scripts.testkit.synth import Manifest, SlideChallenge, WhirlChallenge, generate
+from tests.kit.fake_omocaptcha import FakeOmocaptcha
+from tests.kit.synth import Manifest, SlideChallenge, WhirlChallenge, generate
 
 KEY = "v2-secret-key-2718"
 READ_TIMEOUT = 0.25

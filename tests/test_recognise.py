@@ -3,7 +3,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import seal
+from tests.conftest import seal
 
 from addon.capture import edata
 from addon.capture.images import Role

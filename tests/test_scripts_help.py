@@ -14,17 +14,19 @@ ROOT = Path(__file__).resolve().parent.parent
 MAIN_BLOCK = 'if __name__ == "__main__":'
 NOT_RUNNABLE = {
     "scripts/__init__.py": "package marker",
-    "scripts/testkit/__init__.py": "package marker",
+    "tests/kit/__init__.py": "package marker",
     "scripts/bench_looplag.py": "a mitmproxy script (-s), loaded by the benchmark's mitmdump",
-    "scripts/testkit/redirect.py": "a mitmproxy script (-s), loaded by the test kit's mitmdump",
-    "scripts/testkit/proxy.py": "a library: MitmdumpProcess",
-    "scripts/testkit/edata_codec.py": "a library: the edata envelope",
+    "tests/kit/redirect.py": "a mitmproxy script (-s), loaded by the test kit's mitmdump",
+    "tests/kit/proxy.py": "a library: MitmdumpProcess",
+    "tests/kit/edata_codec.py": "a library: the edata envelope",
+    "tests/kit/e2e.py": "a library: the end-to-end tests' shared pieces",
+    "tests/kit/redis_server.py": "a library: a real redis-server for the fleet tests",
 }
 
 
 def _modules() -> tuple[list[str], list[str]]:
     runnable, unaccounted = [], []
-    for path in sorted(ROOT.glob("scripts/**/*.py")):
+    for path in sorted([*ROOT.glob("scripts/**/*.py"), *ROOT.glob("tests/kit/*.py")]):
         rel = path.relative_to(ROOT).as_posix()
         if MAIN_BLOCK in path.read_text(encoding="utf-8"):
             runnable.append(rel.removesuffix(".py").replace("/", "."))
@@ -36,7 +38,7 @@ def _modules() -> tuple[list[str], list[str]]:
 def test_every_script_is_runnable_or_known_not_to_be() -> None:
     runnable, unaccounted = _modules()
     assert unaccounted == [], "give these a main() with argparse, or list them in NOT_RUNNABLE with the reason"
-    assert {"scripts.try_it", "scripts.testkit.device", "scripts.testkit.origin", "scripts.testkit.synth"} <= set(
+    assert {"scripts.try_it", "tests.kit.device", "tests.kit.origin", "tests.kit.synth"} <= set(
         runnable)
 
 

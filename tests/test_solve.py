@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import tiny_manifest
+from tests.conftest import tiny_manifest
 
 from addon.capture.assemble import Captured, make_part
 from addon.capture.images import BadImage, Role, probe
@@ -20,7 +20,7 @@ from addon.mitm.solving import make_http_client
 from addon.publish.bus import EventBus
 from addon.solving.omocaptcha_v1 import OmocaptchaV1Solver, job_payload
 from addon.solving.scheduler import Scheduler, SchedulerConfig
-from scripts.fake_omocaptcha import FakeOmocaptcha
+from tests.kit.fake_omocaptcha import FakeOmocaptcha
 
 KEY = "test-key-3141"
 

@@ -19,10 +19,10 @@ import httpx
 import pytest
 from PIL import Image, ImageChops, ImageFilter, ImageStat
 
-from scripts.testkit import synth
-from scripts.testkit.edata_codec import EdataError, decode_edata, encode_edata, find_edata, seal
-from scripts.testkit.origin import BACKUP_HOST, CDN_HOST, OriginServer
-from scripts.testkit.synth import (
+from tests.kit import synth
+from tests.kit.edata_codec import EdataError, decode_edata, encode_edata, find_edata, seal
+from tests.kit.origin import BACKUP_HOST, CDN_HOST, OriginServer
+from tests.kit.synth import (
     Manifest,
     SlideChallenge,
     ThreeDChallenge,
@@ -219,7 +219,7 @@ def test_edata_is_rfc8439_chacha20_from_counter_zero() -> None:
 
 @pytest.mark.parametrize("bad", ["", "!!!", base64.b64encode(b"\x02" + bytes(60)).decode(),
                                  base64.b64encode(b"\x01" + bytes(10)).decode(),
-                                 base64.b64encode(seal(b"not json")).decode()])
+                                 base64.b64encode(seal(b"not json", key=bytes(32), nonce=bytes(12))).decode()])
 def test_edata_rejects_what_is_not_an_envelope(bad: str) -> None:
     with pytest.raises(EdataError):
         decode_edata(bad)
@@ -384,7 +384,7 @@ async def test_concurrent_gets_hand_out_each_challenge_once(kit: Manifest) -> No
 
 def test_origin_cli_prints_ports_and_serves(kit: Manifest) -> None:
     assert kit.root is not None
-    proc = subprocess.Popen([sys.executable, "-m", "scripts.testkit.origin", "--manifest", str(kit.root),
+    proc = subprocess.Popen([sys.executable, "-m", "tests.kit.origin", "--manifest", str(kit.root),
                              "--http-port", "0", "--https-port", "0"], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:

@@ -26,10 +26,10 @@ from cryptography.x509.oid import NameOID
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
 
-from scripts.testkit import proxy as proxy_mod
-from scripts.testkit.device import Challenge, Device, Fleet, Order, parse_challenges
-from scripts.testkit.proxy import MitmdumpProcess
-from scripts.testkit.redirect import Redirect, parse_origin
+from tests.kit import proxy as proxy_mod
+from tests.kit.device import Challenge, Device, Fleet, Order, parse_challenges
+from tests.kit.proxy import MitmdumpProcess
+from tests.kit.redirect import Redirect, parse_origin
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -524,7 +524,7 @@ def test_stop_is_clean_and_start_retries(tmp_path: Path, origin: TinyOrigin, mon
 
 
 def test_parse_challenge_edata() -> None:
-    codec = pytest.importorskip("scripts.testkit.edata_codec")
+    codec = pytest.importorskip("tests.kit.edata_codec")
     inner = {
         "data": {
             "challenges": [{"id": "z", "mode": "slide", "question": {"url1": "a", "url2": "b", "tip_y": 9}}],

@@ -7,7 +7,7 @@ Typical use from a pytest fixture::
         device = Device("127.0.0.2", proxy.proxy_url, proxy.ca_path)
         ...
 
-``scripts/testkit/redirect.py`` is always loaded after the given scripts (unless ``redirect=False``), so every
+``tests/kit/redirect.py`` is always loaded after the given scripts (unless ``redirect=False``), so every
 upstream connection goes to the loopback test origin while clients keep using real host names.
 """
 

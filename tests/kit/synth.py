@@ -1,6 +1,6 @@
 """Synthetic ByteDance-style captchas from a seed, with their ground truth in a manifest (see CONTRACT.md).
 
-    uv run python -m scripts.testkit.synth --seed 1 --count 50 --out DIR
+    uv run python -m tests.kit.synth --seed 1 --count 50 --out DIR
 
 Pictures are procedural scenes (landscapes and still lifes: gradients, textured hills, clouds, trees, fruit,
 grain), so that the angle of a rotate challenge and the gap of a slide challenge are really there to be found.

@@ -1,6 +1,6 @@
 """A local origin that plays ByteDance's captcha service and image CDN for a manifest (see CONTRACT.md).
 
-    uv run python -m scripts.testkit.origin --manifest DIR [--http-port 0] [--https-port 0]
+    uv run python -m tests.kit.origin --manifest DIR [--http-port 0] [--https-port 0]
 
 Prints one JSON line `{"http_port", "https_port", "cert"}` on stdout, then serves until SIGTERM/SIGINT. It answers
 for every host name: the proxy's redirect script sends all test traffic here. In tests:
@@ -31,8 +31,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, cast
 
-from scripts.testkit.edata_codec import EdataError, decode_edata, encode_edata, find_edata
-from scripts.testkit.synth import AnyChallenge, Manifest, SlideChallenge, WhirlChallenge
+from tests.kit.edata_codec import EdataError, decode_edata, encode_edata, find_edata
+from tests.kit.synth import AnyChallenge, Manifest, SlideChallenge, WhirlChallenge
 
 Scope = dict[str, Any]
 Message = dict[str, Any]

@@ -2,7 +2,7 @@
 
 Load it beside the addon::
 
-    mitmdump -s addon/main.py -s scripts/testkit/redirect.py --set testkit_origin=127.0.0.1:8080,8443
+    mitmdump -s addon/main.py -s tests/kit/redirect.py --set testkit_origin=127.0.0.1:8080,8443
 
 Clients keep using the real host names (``https://verification-va.tiktok.com/...``); this script only changes
 where mitmproxy's TCP connection goes:

@@ -171,13 +171,13 @@ def _first_url(value: object) -> str | None:
 
 
 def _decode_edata(s: str) -> Any:
-    from scripts.testkit.edata_codec import decode_edata
+    from tests.kit.edata_codec import decode_edata
 
     return decode_edata(s)
 
 
 def _encode_edata(obj: Any) -> str:
-    from scripts.testkit.edata_codec import encode_edata
+    from tests.kit.edata_codec import encode_edata
 
     result: str = encode_edata(obj)
     return result
@@ -597,10 +597,10 @@ async def _run(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m scripts.testkit.device",
+        prog="python -m tests.kit.device",
         description="Drive captcha challenges through a running mitmdump with the addon, like a phone: the get, "
                     "the images, then the answer from the addon's HTTP API; print each answer. For the test kit "
-                    "(mitmdump with scripts/testkit/redirect.py and a test origin): see README, Testing.",
+                    "(mitmdump with tests/kit/redirect.py and a test origin): see README, Testing.",
         epilog="Exit status: 0 when every challenge got a final answer (solved or failed), 2 otherwise.")
     p.add_argument("--proxy", default="http://127.0.0.1:8080", help="the proxy (default: %(default)s)")
     p.add_argument("--ca", type=Path, default=DEFAULT_CA,

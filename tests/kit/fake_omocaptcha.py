@@ -5,7 +5,7 @@ The real service cannot be reached from here, so this stands in for it. It holds
 and adds controls, fault injection, a request log and statistics for tests. v1 is served under ``/api/``, v2
 under ``/v2/``, on one port. Run it as a process::
 
-    uv run python -m scripts.fake_omocaptcha --port 0 --key KEY [--manifest DIR] ...
+    uv run python -m tests.kit.fake_omocaptcha --port 0 --key KEY [--manifest DIR] ...
 
 which prints one JSON line ``{"port": N, "base_url": "http://127.0.0.1:N/api/", "v2_base_url":
 "http://127.0.0.1:N/v2/"}`` and serves until killed, or in-process::
@@ -16,7 +16,7 @@ which prints one JSON line ``{"port": N, "base_url": "http://127.0.0.1:N/api/", 
         fake.control(fail_share=0.5)
         fake.log(); fake.stats()
 
-``scripts/testkit/CONTRACT.md`` (section "Fake omocaptcha") documents the control schema, the faults and the
+``tests/kit/CONTRACT.md`` (section "Fake omocaptcha") documents the control schema, the faults and the
 choices the fake makes where the real service's behaviour is unknown.
 """
 
@@ -50,7 +50,7 @@ from typing import Any, Literal, Self, cast
 
 from PIL import Image
 
-from scripts.testkit.origin import listen
+from tests.kit.origin import listen
 
 # --------------------------------------------------------------------------------------------------------------
 # Constants of the contract
@@ -1667,7 +1667,7 @@ HELP_DESCRIPTION = """\
 A strict fake of omocaptcha.com for tests: the v1 "job" API under /api/ and the v2 "task" API under /v2/,
 on one port of 127.0.0.1. Prints one JSON line {"port", "base_url", "v2_base_url"} on stdout, then serves
 until SIGTERM/SIGINT. Challenges are known by the sha256 of their images, from test-kit manifests; answers
-come from the manifests' truth. scripts/testkit/CONTRACT.md ("Fake omocaptcha") has the details."""
+come from the manifests' truth. tests/kit/CONTRACT.md ("Fake omocaptcha") has the details."""
 
 
 def _help_epilog() -> str:
@@ -1679,7 +1679,7 @@ def _help_epilog() -> str:
         "test paths (outside /api/ and /v2/): GET|POST /_control, GET /_log, POST /_log/clear, GET /_stats",
         "",
         "example:",
-        "  python -m scripts.fake_omocaptcha --key K --manifest kit/ --solve-seconds 1 \\",
+        "  python -m tests.kit.fake_omocaptcha --key K --manifest kit/ --solve-seconds 1 \\",
         "      --fault getJobResult:http_500=0.2 --fault v2/createTask:service_unavailable=0.1",
     ]
     return "\n".join(lines)
@@ -1687,7 +1687,7 @@ def _help_epilog() -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m scripts.fake_omocaptcha",
+        prog="python -m tests.kit.fake_omocaptcha",
         description=HELP_DESCRIPTION,
         epilog=_help_epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from scripts.testkit.device import Challenge, Device
-from scripts.testkit.proxy import MitmdumpProcess
+from tests.kit.device import Challenge, Device
+from tests.kit.proxy import MitmdumpProcess
 
 KEY = "sk-e2e-KEY-7c1d5e0a9b"
 SHAPES = ("single", "list", "edata")
