@@ -33,7 +33,6 @@ from typing import Any
 import brotli
 import pytest
 import zstandard
-from tests.conftest import SAMPLES, samples_missing
 from cryptography.hazmat.primitives.ciphers import Cipher
 from cryptography.hazmat.primitives.ciphers.algorithms import ChaCha20
 from hypothesis import HealthCheck, currently_in_test_context, given, settings
@@ -51,6 +50,7 @@ from addon.capture.recognise import AnnouncedChallenge, Kind, NotRecognised, Ver
 from addon.mitm.capture import MAX_IMAGE_BODY, CaptchaCapture
 from addon.mitm.outlets import CaptchaEvents
 from addon.wiring import build_addons
+from tests.conftest import SAMPLES, samples_missing
 
 MB = 1024 * 1024
 JSON_LIMIT = recognise.MAX_JSON_BODY

@@ -390,7 +390,8 @@ def test_every_declared_option_is_registered_once_by_its_addon() -> None:
     from addon.wiring import build_addons
 
     with taddons.context(*build_addons()) as tctx:
-        registered = {name for name in tctx.options.keys() if name.startswith(options.PREFIXES)}
+        registered = {name for name in tctx.options.keys()  # noqa: SIM118 (no __iter__)
+                      if name.startswith(options.PREFIXES)}
         defaults = {name: tctx.options.default(name) for name in registered}
     assert registered == {o.name for o in OPTIONS}
     assert len(OPTIONS) == len(registered)
