@@ -502,6 +502,59 @@ async def test_solve_shared_solves_once_and_takes_over_from_a_dead_owner(redis_s
         await r.aclose()
 
 
+class CountingRenewals(FleetSolveCoordinator):
+    """A coordinator that tells the test each time it renewed a claim."""
+
+    def __init__(self, redis: aioredis.Redis, stream: str, enough: int):
+        super().__init__(redis, stream)
+        self.renewals = 0
+        self.enough = enough
+        self.renewed_enough = asyncio.Event()
+
+    async def renew(self, image_key: str, owner: str, ttl: float) -> bool:
+        held = await super().renew(image_key, owner, ttl)
+        self.renewals += held
+        if self.renewals >= self.enough:
+            self.renewed_enough.set()
+        return held
+
+
+async def test_a_solve_longer_than_its_claims_ttl_is_not_taken_over(
+        redis_servers: RedisServers, caplog: pytest.LogCaptureFixture) -> None:
+    srv = redis_servers.start()
+    ttl = 0.3
+    # Renewed every ttl / 3: the sixth renewal comes two whole TTLs after the claim, so a claim that were not
+    # renewed would have run out twice over by the time A's solve ends.
+    a = CountingRenewals(connect(srv.url), STREAM, enough=6)
+    b = FleetSolveCoordinator(connect(srv.url), STREAM)
+    calls: list[str] = []
+    b_solving = asyncio.Event()
+
+    async def a_solves() -> str:
+        calls.append("A")
+        waits = [asyncio.ensure_future(a.renewed_enough.wait()), asyncio.ensure_future(b_solving.wait())]
+        _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        for waiting in pending:
+            waiting.cancel()
+        return '{"by": "A"}'
+
+    async def b_solves() -> str:
+        calls.append("B")  # B took the image set over from a live owner: a second paid job
+        b_solving.set()
+        return '{"by": "B"}'
+
+    async with asyncio.timeout(20):
+        one = asyncio.create_task(solve_shared(a, "long", "A", 30, a_solves, claim_ttl=ttl))
+        await until(lambda: calls == ["A"], "A to start solving")
+        two = asyncio.create_task(solve_shared(b, "long", "B", 30, b_solves, claim_ttl=ttl))
+        assert await one == ('{"by": "A"}', True)
+        assert await two == ('{"by": "A"}', False)
+    assert calls == ["A"] and a.renewals >= 6
+    assert not [r for r in caplog.records if "lost the claim" in r.getMessage()]
+    await a.redis.aclose()
+    await b.redis.aclose()
+
+
 async def test_paid_slots_are_capped_across_three_owners(redis_servers: RedisServers) -> None:
     srv = redis_servers.start()
     clients = [connect(srv.url) for _ in range(3)]
