@@ -23,6 +23,7 @@ from tests.conftest import tiny_manifest
 from tests.kit.fake_omocaptcha import FakeOmocaptcha
 
 KEY = "test-key-3141"
+pytestmark = pytest.mark.usefixtures("eager_tasks")  # the task factory the proxy runs under
 
 
 @pytest.fixture(scope="module")
