@@ -153,7 +153,3 @@ class Solver(Protocol):
 def natural_width(challenge: Captured) -> int:
     background = challenge.images.get(Role.BACKGROUND)
     return background.info.width if background is not None else 552
-
-
-def is_rotate(challenge: Captured) -> bool:
-    return challenge.kind is Kind.ROTATE
