@@ -697,3 +697,26 @@ async def test_a_bug_in_a_redis_part_is_an_internal_error_not_an_outage(
     assert len(warnings) == 1 and "refused the connection" in warnings[0].getMessage()
     await beat.stop()
     await healthy.stop()
+
+
+async def test_the_apis_view_of_the_fleet_says_unreachable_for_redis_failures_only() -> None:
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from addon.fleet.reader import FleetAnswers
+    from addon.publish.remote import AnswersUnreachable
+
+    class Reader:
+        def __init__(self, error: BaseException) -> None:
+            self.error = error
+
+        async def latest_final(self, *args: Any) -> None:
+            raise self.error
+
+        wait_final = newest_events = fleet_stats = latest_final
+
+    gone = FleetAnswers(Reader(RedisConnectionError("gone")))  # type: ignore[arg-type]
+    for call in (gone.latest_final("c"), gone.wait_final("c", 1.0), gone.newest_events(5, "c"), gone.fleet_stats()):
+        with pytest.raises(AnswersUnreachable):
+            await call
+    with pytest.raises(AttributeError):  # a bug of ours stays a bug, not "the fleet is down"
+        await FleetAnswers(Reader(AttributeError("x"))).latest_final("c")  # type: ignore[arg-type]

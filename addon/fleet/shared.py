@@ -238,6 +238,11 @@ class FleetSolveCoordinator:
         self._ok()
         return value
 
+    async def solve_once(self, image_key: str, owner: str, timeout: float,
+                         solve: Callable[[], Awaitable[str | None]]) -> tuple[str | None, bool]:
+        """The scheduler's seam (``addon/solving/sharing.py``): ``solve_shared`` on this coordinator."""
+        return await solve_shared(self, image_key, owner, timeout, solve)
+
     async def drop_answer(self, image_key: str) -> None:
         """Forgets a cached answer (say, the site refused it)."""
         try:

@@ -14,7 +14,7 @@ from mitmproxy import ctx
 
 from addon.fleet import LinkState, connect, probe, validate_url
 from addon.fleet.heartbeat import Heartbeat
-from addon.fleet.reader import FleetReader
+from addon.fleet.reader import FleetAnswers, FleetReader
 from addon.fleet.shared import FleetSolveCoordinator
 from addon.fleet.stream import RedisEventStream
 from addon.mitm import option_table, options
@@ -103,7 +103,7 @@ class CaptchaFleet:
 
         self._bus.subscribe("redis", outlet)
         self._scheduler.fleet = self.coordinator
-        self._api.fleet = self.reader
+        self._api.fleet = FleetAnswers(self.reader)
         self._scheduler.fleet_max_jobs = opts.captcha_fleet_max_jobs
         # One clear line on what is wrong (a password, a host) without holding up the proxy's start-up.
         self._probing = asyncio.get_running_loop().create_task(self._probe(self._url, link),

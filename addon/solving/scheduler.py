@@ -15,13 +15,13 @@ from typing import Any
 
 from addon.capture import images
 from addon.capture.assemble import Captured
-from addon.fleet.shared import FleetSolveCoordinator, solve_shared
 from addon.publish import events as ev
 from addon.publish.bus import EventBus
 from addon.ratelimit import RateLimitedLog
 from addon.solving.base import RotateAnswer, SlideAnswer, Solution, SolveFailure, Solver
 from addon.solving.cache import AnswerCache, image_key
 from addon.solving.health import ServiceHealth
+from addon.solving.sharing import SharedSolving
 
 logger = logging.getLogger(__name__)
 
@@ -155,7 +155,7 @@ class Scheduler:
         self._demoted: set[tuple[str, str]] = set()
         self._runs: dict[str, _Run] = {}
         self._reports: set[asyncio.Task[Any]] = set()
-        self.fleet: FleetSolveCoordinator | None = None
+        self.fleet: SharedSolving | None = None
         """Set in fleet mode (`captcha_redis`): image sets are solved once across the fleet."""
         self.fleet_max_jobs = 0
         self._slots = asyncio.Semaphore(self.config.max_jobs)
@@ -348,8 +348,8 @@ class Scheduler:
             outcome = await self._run_chain(run, config)
             return None if isinstance(outcome, SolveFailure) else shared_json(outcome[0], outcome[2])
 
-        answer, here = await solve_shared(self.fleet, run.key, f"{self.bus.run}:{run.captured.challenge_id}",
-                                          max(0.0, run.deadline - self.clock()), solve_here)
+        answer, here = await self.fleet.solve_once(run.key, f"{self.bus.run}:{run.captured.challenge_id}",
+                                                   max(0.0, run.deadline - self.clock()), solve_here)
         if here and outcome is not None:
             return outcome
         if answer is None:
