@@ -503,9 +503,9 @@ class Scheduler:
 
     def verdict(self, challenge_id: str, accepted: bool) -> Answered | None:
         """The site judged the answer of `challenge_id`: a rejected answer leaves the cache and its service is
-        marked wrong on those images (asked after the others, `chain_for`); an accepted one clears that mark and is
-        the answer the cache serves; with `adaptive`, a service whose recent acceptance falls under the share
-        moves behind the next one for that kind."""
+        marked wrong on those images (left out of their chain while another service is not, `chain_for`); an
+        accepted one clears that mark and is the answer the cache serves; with `adaptive`, a service whose recent
+        acceptance falls under the share moves behind the next one for that kind."""
         answered = self.answered.get(challenge_id)
         if answered is None:
             return None
