@@ -293,7 +293,7 @@ OPTIONS: tuple[Option, ...] = (
         rule=_int_range(0, 10_000_000, "answers; 0 turns the cache off"),
         doc=(
             'answers kept by image set (6 h at most), so the same images are never paid for twice; `0` turns the '
-            'cache off'
+            'cache off (a repeat that arrives while its images are being solved still waits for that answer)'
         ),
     ),
     Option(
