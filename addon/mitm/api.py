@@ -2,8 +2,8 @@
 
 Nothing for captcha_host leaves the machine, in any proxy mode:
 
-- every request for it is answered in `request` (request body streaming is switched off for it, so mitmproxy never
-  opens a server connection before that hook);
+- every request for it is answered in `request`; its flow gets a server connection without `via` in
+  `requestheaders`, so a streamed request body (which connects before `request`) goes to the sink below;
 - the event stream is re-targeted at the loopback stream server over a fresh server connection without `via`, so
   it goes there directly even in upstream mode (where the flow's own connection goes through the upstream proxy);
 - a server connection opened eagerly for captcha_host itself (SOCKS5 asks for one before it answers the client)
@@ -83,14 +83,14 @@ class CaptchaApi:
         address = data.server.address
         if address is None or data.server.error or address == self._stream_address():
             return
-        if data.client.id in self._tunnels:
-            # In upstream mode this is the connection to the upstream proxy, which would be asked for captcha_host.
-            data.server.error = f"{self.host} is answered by the proxy itself"
-        elif self._ours(str(address[0])):
+        if self._ours(str(address[0])):
             if self.sink.address is None:
                 data.server.error = f"{self.host} is answered by the proxy itself"
             else:
                 data.server.address = self.sink.address
+        elif data.client.id in self._tunnels:
+            # In upstream mode this is the connection to the upstream proxy, which would be asked for captcha_host.
+            data.server.error = f"{self.host} is answered by the proxy itself"
 
     def client_disconnected(self, client: connection.Client) -> None:
         self._tunnels.discard(client.id)
@@ -107,9 +107,11 @@ class CaptchaApi:
         await self.sink.stop()
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
-        # A streamed request body makes mitmproxy connect before the request hook, where the API answers.
-        if flow.request.stream and host_of(flow.request) == self.host:
-            flow.request.stream = False
+        if host_of(flow.request) == self.host and not flow.server_conn.connected:
+            # A request body above stream_large_bodies is streamed as it arrives (mitmproxy decides that while it
+            # reads the body too), and streaming connects before the request hook can answer. Without `via` that
+            # connection is for captcha_host itself, which server_connect sends to the sink: never upstream.
+            flow.server_conn = connection.Server(address=flow.server_conn.address)
 
     async def request(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None or host_of(flow.request) != self.host:
