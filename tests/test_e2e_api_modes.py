@@ -58,7 +58,7 @@ def kit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kit]:
         options = {"captcha_sidecar": str(tmp / "events.jsonl"), "captcha_solvers": "none",
                    "keep_host_header": True, "stream_large_bodies": "1m"}
         with MitmdumpProcess(["addon/main.py"], origin=(origin.http_port, origin.https_port), options=options,
-                             workdir=tmp / "mitm", extra_args=modes) as proxy:
+                             workdir=tmp / "mitm", extra_args=modes, startup_timeout=60) as proxy:
             yield Kit(origin, upstream, proxy, {"regular": proxy.port, **ports})
 
 

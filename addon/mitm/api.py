@@ -2,10 +2,11 @@
 
 Nothing for captcha_host leaves the machine, in any proxy mode:
 
-- every request for it is answered in `request`; its flow gets a server connection without `via` in
-  `requestheaders`, so a streamed request body (which connects before `request`) goes to the sink below;
-- the event stream is re-targeted at the loopback stream server over a fresh server connection without `via`, so
-  it goes there directly even in upstream mode (where the flow's own connection goes through the upstream proxy);
+- every request for it is answered in `request`; in `requestheaders` its flow gets a fresh server connection
+  without `via` (mitmproxy's change_upstream_proxy example does the same to change it) aimed at the sink below,
+  so that the two flows that do connect go straight to loopback even in upstream mode: the event stream, which
+  `request` re-targets at the loopback stream server, and a request body above stream_large_bodies, which
+  mitmproxy streams (connecting before `request`) and the sink refuses;
 - a server connection opened eagerly for captcha_host itself (SOCKS5 asks for one before it answers the client)
   goes to a loopback sink that holds it and discards anything sent on it;
 - a client connection that tunnels to captcha_host (CONNECT, or TLS with its SNI) opens no other server connection
@@ -107,11 +108,15 @@ class CaptchaApi:
         await self.sink.stop()
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
-        if host_of(flow.request) == self.host and not flow.server_conn.connected:
-            # A request body above stream_large_bodies is streamed as it arrives (mitmproxy decides that while it
-            # reads the body too), and streaming connects before the request hook can answer. Without `via` that
-            # connection is for captcha_host itself, which server_connect sends to the sink: never upstream.
-            flow.server_conn = connection.Server(address=flow.server_conn.address)
+        if host_of(flow.request) != self.host or self.sink.address is None:
+            return
+        # Whatever server connection mitmproxy opens for this flow goes straight to loopback: never `via` the
+        # upstream proxy (upstream mode, or an addon's choice), never to the address a transparent client had.
+        # It opens one only for the event stream (re-targeted in _to_stream) and for a request body above
+        # stream_large_bodies (streamed as it arrives, before the request hook answers): that one reaches the sink.
+        # `data` keeps the Host header, which names the API host for the request hook.
+        flow.server_conn = connection.Server(address=self.sink.address)
+        flow.request.data.host, flow.request.data.port = self.sink.address
 
     async def request(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None or host_of(flow.request) != self.host:
@@ -143,9 +148,6 @@ class CaptchaApi:
         self.keyer.key(flow)
         address = ("127.0.0.1", self.stream.port or 0)
         request.scheme, request.host, request.port = "http", *address
-        # The flow's server connection may go through an upstream proxy (`via`) or be open to elsewhere: a fresh
-        # one makes mitmproxy connect straight to the stream server (mitmproxy's change_upstream_proxy example).
-        flow.server_conn = connection.Server(address=address)
         request.http_version = "HTTP/1.1"
         request.headers[SECRET_HEADER] = self.stream.secret
         request.headers.pop("authorization", None)
