@@ -15,7 +15,6 @@ import socket
 import ssl
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -138,7 +137,7 @@ async def test_the_api_host_is_answered_locally_in_every_mode(kit: Kit, mode: st
             await asyncio.wait({live, opened}, return_when=asyncio.FIRST_COMPLETED)
             if live.done():
                 live.result()  # the stream failed before it opened: its assertion
-            ip = "127.0.0.%d" % (10 + MODES.index(mode) * 2 + (scheme == "https"))
+            ip = f"127.0.0.{10 + MODES.index(mode) * 2 + (scheme == 'https')}"
             challenge = await phone_challenge(kit, mode, ip)
             [event] = await live
             assert (event["event"], event["challenge"], event["client"]) == ("captured", challenge, ip)

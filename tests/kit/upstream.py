@@ -123,7 +123,7 @@ class RecordingUpstream:
             if len(head) > MAX_HEAD:
                 return
             lines = head.decode("latin-1").split("\r\n")
-            method, target = (lines[0].split(" ") + ["", ""])[:2]
+            method, target = [*lines[0].split(" "), "", ""][:2]
             headers = tuple((k.strip(), v.strip()) for k, sep, v in (line.partition(":") for line in lines[1:])
                             if sep)
             peer = writer.get_extra_info("peername")
