@@ -707,6 +707,8 @@ def add_object_challenges(out_dir: Path | str, *, real_3d: Sequence[tuple[str, F
     root = Path(out_dir)
     manifest = load_manifest(root)
     writer = _Writer(root)
+    # The made-up 3d scenes have no truth: the real ones take their place.
+    manifest.challenges = [c for c in manifest.challenges if not isinstance(c, ThreeDChallenge)]
     manifest.challenges += [make_real_3d(writer, name, fmt) for name, fmt in real_3d]
     manifest.challenges += [make_icon(writer, seed, i) for i in range(icons)]
     (root / "manifest.json").write_text(json.dumps(manifest.to_json(), indent=1) + "\n")
