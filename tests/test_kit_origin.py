@@ -117,7 +117,8 @@ def test_image_files_sizes_formats_and_shapes(kit: Manifest) -> None:
         assert data.startswith(b"\x89PNG" if img.format == "png" else b"\xff\xd8\xff"), (c.id, role)
         im = open_image(kit, img)
         assert im.size == (img.width, img.height)
-        expected = {"outer": (347, 347), "inner": (211, 211), "background": (552, 344), "piece": (110, 110)}
+        expected = {"outer": (347, 347), "inner": (211, 211), "background": (552, 344), "piece": (110, 110),
+                    "image": (552, 344)}
         assert im.size == expected[role]
     for w in kit.whirls():
         outer, inner = open_image(kit, w.url1), open_image(kit, w.images["inner"])

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import dataclasses
 import datetime
@@ -32,7 +33,7 @@ from types import TracebackType
 from typing import Any, Self, cast
 
 from tests.kit.edata_codec import EdataError, decode_edata, encode_edata, find_edata
-from tests.kit.synth import AnyChallenge, Manifest, SlideChallenge, WhirlChallenge
+from tests.kit.synth import AnyChallenge, Manifest, SlideChallenge, ThreeDChallenge, WhirlChallenge
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -42,6 +43,7 @@ Send = Callable[[Message], Awaitable[None]]
 CDN_HOST = "p16-rc-captcha-va.ibyteimg.com"
 BACKUP_HOST = "p19-rc-captcha-va.ibyteimg.com"
 CHALLENGE_CODES = {"whirl": 99996, "slide": 99999, "3d": 99997}
+CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 PASS = {"code": 200, "data": None, "message": "Verification complete", "msg_code": "200", "msg_sub_code": "success"}
 FAIL = {"code": 500, "data": {"msg": "VerifyErr"}, "message": "Unable to verify. Please try again.",
         "msg_code": "500", "msg_sub_code": "verify_err"}
@@ -95,7 +97,7 @@ class Origin:
         for c in self.manifest.challenges:
             for img in c.images.values():
                 data = (self.dir / img.file).read_bytes()
-                self.images[img.path] = (data, "image/png" if img.format == "png" else "image/jpeg")
+                self.images[img.path] = (data, CONTENT_TYPES[img.format])
         self._lock = threading.Lock()
         self.handed: Counter[str] = Counter()
         self.served: Counter[str] = Counter()
@@ -136,14 +138,20 @@ class Origin:
 
     # -- bodies -----------------------------------------------------------------------------------------------
 
-    def get_body(self, c: AnyChallenge, shape: str, scheme: str) -> dict[str, Any]:
+    def get_body(self, c: AnyChallenge, shape: str, scheme: str, inline: bool = False) -> dict[str, Any]:
+        """`inline`: the images travel in the get as `question.object1`, ... (`data:` URIs), not as URLs."""
         question: dict[str, Any] = {}
         for n, img in enumerate((c.url1, c.url2), start=1):
-            if img is not None:
+            if img is not None and inline:
+                data, content_type = self.images[img.path]
+                question[f"object{n}"] = f"data:{content_type};base64,{base64.b64encode(data).decode()}"
+            elif img is not None:
                 question[f"url{n}"] = f"{scheme}://{CDN_HOST}{img.path}"
         question["tip_y"] = c.tip_y if isinstance(c, SlideChallenge) else 0
+        if isinstance(c, ThreeDChallenge) and c.question:
+            question["tip"] = c.question  # where an icon get keeps its prompt is unknown (captcha-traffic.md §8)
         for n, img in enumerate((c.url1, c.url2), start=1):
-            if img is not None:
+            if img is not None and not inline:
                 question[f"backup_url{n}"] = [f"{scheme}://{BACKUP_HOST}{img.path}"]
         item = {"id": c.id, "mode": c.mode, "challenge_code": CHALLENGE_CODES.get(c.mode, 0), "question": question}
         verify_id = f"Verify_{uuid.uuid4()}"
@@ -170,6 +178,8 @@ class Origin:
         reply = request.get("reply")
         if not isinstance(reply, list) or not reply or not isinstance(reply[-1], dict):
             return False, "no_reply"
+        if isinstance(c, ThreeDChallenge):
+            return self._judge_clicks(c, reply, request.get("modified_img_width", DEFAULT_WIDTH))
         x, width = _number(reply[-1].get("x")), _number(request.get("modified_img_width", DEFAULT_WIDTH))
         if x is None or width is None or width <= 0:
             return False, "bad_numbers"
@@ -181,6 +191,31 @@ class Origin:
         else:
             return False, "not_draggable"
         return ok, "" if ok else "wrong_answer"
+
+    @staticmethod
+    def _judge_clicks(c: ThreeDChallenge, reply: list[Any], width_value: Any) -> tuple[bool, str]:
+        """Object captchas: one click (x and y in `modified_img_width` units) inside each target box."""
+        width = _number(width_value)
+        if c.targets is None:
+            return False, "no_truth"
+        if width is None or width <= 0:
+            return False, "bad_numbers"
+        scale = c.url1.width / width
+        clicks = []
+        for point in reply:
+            x, y = (_number(point.get("x")), _number(point.get("y"))) if isinstance(point, dict) else (None, None)
+            if x is None or y is None:
+                return False, "bad_numbers"
+            clicks.append((x * scale, y * scale))
+        if len(clicks) != len(c.targets):
+            return False, "wrong_count"
+        left = list(c.targets)
+        for x, y in clicks:
+            hit = next((box for box in left if abs(x - box[0]) <= box[2] / 2 and abs(y - box[1]) <= box[3] / 2), None)
+            if hit is None:
+                return False, "wrong_answer"
+            left.remove(hit)
+        return True, ""
 
     def verify(self, body: bytes, query: dict[str, str]) -> Response:
         try:
@@ -295,7 +330,7 @@ class Origin:
         if c is None:
             return _error(404, f"no challenge of mode {mode!r}")
         self._count("get")
-        return _json(self.get_body(c, shape, scheme), headers=((b"x-testkit-challenge", c.id.encode()),))
+        return _json(self.get_body(c, shape, scheme, inline=query.get("inline") == "1"), headers=((b"x-testkit-challenge", c.id.encode()),))
 
     def _count(self, what: str) -> None:
         with self._lock:
