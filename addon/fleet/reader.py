@@ -96,8 +96,10 @@ class _Follower:
         self._failing = False
         self.waiters: dict[str, set[asyncio.Event]] = {}
         self._ready = asyncio.Event()
-        self._task = asyncio.create_task(self._run(), name=f"captcha-fleet-follow:{stream}")
         self.last_id: str | None = None
+        # Last: mitmproxy runs the loop with an eager task factory, so `_run` starts inside this call and reads
+        # everything above before the constructor returns.
+        self._task = asyncio.create_task(self._run(), name=f"captcha-fleet-follow:{stream}")
 
     async def ready(self, timeout: float) -> bool:
         with contextlib.suppress(TimeoutError):
@@ -136,8 +138,9 @@ class _Follower:
             except asyncio.CancelledError:
                 raise
             except Exception as e:
-                self._link.failed(e, "; long polls of other proxies' clients wait for it")
-                self._failing = True
+                # A bug of ours is logged as one and leaves the link up; the loop backs off and retries either way.
+                if self._link.failed(e, "; long polls of other proxies' clients wait for it"):
+                    self._failing = True
                 delay = min(BACKOFF_CAP_S, max(0.05, delay * 2))
                 await asyncio.sleep(delay)
                 continue

@@ -161,6 +161,7 @@ class FleetSolveCoordinator:
             self._link.ok()
 
     def _failed(self, e: BaseException) -> None:
+        """Fails open either way; `LinkState.failed` tells Redis failing (the link goes down) from a bug of ours."""
         self._link.failed(e, "; solving without the fleet (claims and paid slots granted locally)")
 
     # -- one solve per image set ---------------------------------------------------------------------------------
@@ -169,7 +170,7 @@ class FleetSolveCoordinator:
         try:
             got = await self._claim(keys=[self.keys.claim(image_key), self.keys.answer(image_key)],
                                     args=[owner, _ms(ttl)])
-        except (aioredis.RedisError, OSError) as e:
+        except Exception as e:  # classified by `_failed`
             self._failed(e)
             return True
         self._ok()
@@ -181,7 +182,7 @@ class FleetSolveCoordinator:
         try:
             reply = await self._claim_or_answer(keys=[self.keys.claim(image_key), self.keys.answer(image_key)],
                                                 args=[owner, _ms(ttl)])
-        except (aioredis.RedisError, OSError) as e:
+        except Exception as e:  # classified by `_failed`
             self._failed(e)
             return True, None
         self._ok()
@@ -195,7 +196,7 @@ class FleetSolveCoordinator:
         try:
             return bool(await self._finish(keys=[self.keys.claim(image_key), self.keys.answer(image_key)],
                                            args=[owner, answer_json or "", _ms(ttl)]))
-        except (aioredis.RedisError, OSError) as e:
+        except Exception as e:  # classified by `_failed`
             self._failed(e)
             return False
 
@@ -203,7 +204,7 @@ class FleetSolveCoordinator:
         """True while the claim is still `owner`'s (its expiry pushed to `ttl` from now)."""
         try:
             return bool(await self._renew(keys=[self.keys.claim(image_key)], args=[owner, _ms(ttl)]))
-        except (aioredis.RedisError, OSError) as e:
+        except Exception as e:  # classified by `_failed`
             self._failed(e)
             return True
 
@@ -212,7 +213,7 @@ class FleetSolveCoordinator:
         try:
             return bool(await self._release(keys=[self.keys.claim(image_key)],
                                             args=[owner, self.keys.answer(image_key)]))
-        except (aioredis.RedisError, OSError) as e:
+        except Exception as e:  # classified by `_failed`
             self._failed(e)
             return False
 
@@ -223,7 +224,7 @@ class FleetSolveCoordinator:
             pipe.set(key, answer_json, px=_ms(ttl))
             pipe.publish(key, "answer")
             await pipe.execute()
-        except (aioredis.RedisError, OSError) as e:
+        except Exception as e:  # classified by `_failed`
             self._failed(e)
             return False
         return True
@@ -231,7 +232,7 @@ class FleetSolveCoordinator:
     async def cached_answer(self, image_key: str) -> str | None:
         try:
             value = _text(await self.redis.get(self.keys.answer(image_key)))
-        except (aioredis.RedisError, OSError) as e:
+        except Exception as e:  # classified by `_failed`
             self._failed(e)
             return None
         self._ok()
@@ -241,7 +242,7 @@ class FleetSolveCoordinator:
         """Forgets a cached answer (say, the site refused it)."""
         try:
             await self.redis.delete(self.keys.answer(image_key))
-        except (aioredis.RedisError, OSError) as e:
+        except Exception as e:  # classified by `_failed`
             self._failed(e)
 
     async def wait_answer(self, image_key: str, timeout: float) -> str | None:
@@ -266,7 +267,7 @@ class FleetSolveCoordinator:
                     return None
                 wait = left if pttl < 0 else min(left, pttl / 1000 + 0.005)
                 await pubsub.get_message(ignore_subscribe_messages=True, timeout=wait)
-        except (aioredis.RedisError, OSError) as e:
+        except Exception as e:  # classified by `_failed`
             self._failed(e)
             return None
         finally:
@@ -282,7 +283,7 @@ class FleetSolveCoordinator:
         """One of `limit` paid jobs in flight fleet-wide, leased to `owner` for `ttl` s (again: renewed)."""
         try:
             held, _ = await self._try_paid(limit, owner, ttl)
-        except (aioredis.RedisError, OSError) as e:
+        except Exception as e:  # classified by `_failed`
             self._failed(e)
             return True
         self._ok()
@@ -300,7 +301,7 @@ class FleetSolveCoordinator:
                 if held or left <= 0:
                     return held
                 await pubsub.get_message(ignore_subscribe_messages=True, timeout=min(left, wait + 0.005))
-        except (aioredis.RedisError, OSError) as e:
+        except Exception as e:  # classified by `_failed`
             self._failed(e)
             return True
         finally:
@@ -309,14 +310,14 @@ class FleetSolveCoordinator:
     async def renew_paid_slot(self, owner: str, ttl: float) -> bool:
         try:
             return bool(await self._renew_paid(keys=[self.keys.paid], args=[owner, _ms(ttl)]))
-        except (aioredis.RedisError, OSError) as e:
+        except Exception as e:  # classified by `_failed`
             self._failed(e)
             return True
 
     async def release_paid_slot(self, owner: str) -> None:
         try:
             await self._release_paid(keys=[self.keys.paid], args=[owner, self.keys.paid_free])
-        except (aioredis.RedisError, OSError) as e:
+        except Exception as e:  # classified by `_failed`
             self._failed(e)
 
     async def paid_holders(self) -> int:

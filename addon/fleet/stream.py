@@ -271,10 +271,10 @@ class RedisEventStream:
                 self._inflight_hi = 0
                 self.overflowed += self._maybe_lost
                 self._maybe_lost = 0
-                if self._down_since is None:
+                if self._link.failed(e, f"; holding up to {self.backlog} events and retrying") and (
+                        self._down_since is None):
                     self._down_since = time.monotonic()
                     self._late = 0
-                self._link.failed(e, f"; holding up to {self.backlog} events and retrying")
                 delay = min(BACKOFF_CAP_S, max(0.05, delay * 2))
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), delay)

@@ -17,7 +17,7 @@ from addon.fleet.heartbeat import Heartbeat
 from addon.fleet.reader import FleetReader
 from addon.fleet.shared import FleetSolveCoordinator
 from addon.fleet.stream import RedisEventStream
-from addon.mitm import options
+from addon.mitm import option_table, options
 from addon.publish.bus import EventBus
 from addon.publish.events import Event
 from addon.publish.http_api import ApiHandler
@@ -42,16 +42,7 @@ class CaptchaFleet:
         self._probing: asyncio.Task[None] | None = None
 
     def load(self, loader: Any) -> None:
-        loader.add_option("captcha_redis", str, "",
-                          "Fleet mode: a Redis URL (redis://, rediss://, unix://); events go to a stream, answers "
-                          "and the cache are shared. Env CAPTCHA_REDIS when empty.")
-        loader.add_option("captcha_redis_stream", str, "captcha:events", "The stream every proxy appends to.")
-        loader.add_option("captcha_redis_maxlen", int, 100_000,
-                          "Trim the stream to about this many entries (0: never).")
-        loader.add_option("captcha_redis_backlog", int, 10_000,
-                          "Events held in memory while Redis is unreachable; the oldest beyond it are dropped "
-                          "(counted in /v1/stats as redis_overflowed; they stay in the sidecar).")
-        loader.add_option("captcha_fleet_max_jobs", int, 0, "Paid solving jobs in flight across the fleet (0: no cap).")
+        option_table.declare(loader, "fleet")
         options.check_at_load(loader)  # this is the script's last addon: every option is registered now
 
     def configure(self, updated: set[str]) -> None:
