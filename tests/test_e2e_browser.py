@@ -39,6 +39,7 @@ def needed(path: str, package: str) -> str:
 
 @pytest.fixture(scope="module")
 def kit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[OriginServer, MitmdumpProcess]]:
+    needed(CHROMIUM, "chromium")  # before starting anything
     tmp = tmp_path_factory.mktemp("browser")
     generate(tmp / "challenges", seed=71, count=2)
     with OriginServer(tmp / "challenges") as origin, proxy(origin, tmp, captcha_solvers="local") as mitm:
