@@ -349,6 +349,8 @@ async def solve_shared(fleet: FleetSolveCoordinator, image_key: str, owner: str,
                 answer = await solve()
             finally:
                 keeper.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await keeper  # a renewal in flight must not land after the claim is released
                 await fleet.finish(image_key, owner, answer, cache_ttl)
             return answer, True
         answer = await fleet.wait_answer(image_key, left)

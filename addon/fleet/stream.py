@@ -202,7 +202,7 @@ class RedisEventStream:
         return self._link
 
     def stats(self) -> dict[str, Any]:
-        """For /v1/stats: `redis_overflowed` is the count the issue asks for."""
+        """For /v1/stats: `redis_overflowed` counts the events dropped from a full backlog."""
         return {"redis_backlog": self.pending, "redis_overflowed": self.overflowed, "redis_written": self.written,
                 "redis_down": self.down}
 

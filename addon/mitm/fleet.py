@@ -61,10 +61,18 @@ class CaptchaFleet:
                 # addon), and a bad Redis URL must leave the proxy working alone.
                 logger.warning("captcha fleet: %s; fleet mode is off, the proxy works alone", e)
         if self._started:  # changed at run time (mitmweb's options, `set` in the console)
-            self._restarting = asyncio.get_running_loop().create_task(self._restart(), name="captcha-fleet-restart")
+            # Restarts run one after another (two quick changes must not build two streams), and done() awaits them.
+            self._restarting = asyncio.get_running_loop().create_task(self._restart_after(self._restarting),
+                                                                      name="captcha-fleet-restart")
 
     async def running(self) -> None:
         self._started = True
+        await self._restart()
+
+    async def _restart_after(self, previous: asyncio.Task[None] | None) -> None:
+        if previous is not None:
+            with contextlib.suppress(Exception):  # its own failure was logged where it happened
+                await previous
         await self._restart()
 
     async def _restart(self) -> None:
@@ -132,4 +140,7 @@ class CaptchaFleet:
         return self.stream.stats() if self.stream is not None else {}
 
     async def done(self) -> None:
+        if self._restarting is not None:
+            with contextlib.suppress(Exception):
+                await self._restarting
         await self._stop()

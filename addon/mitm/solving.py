@@ -58,9 +58,6 @@ class CaptchaSolving:
         if not names:
             logger.info("captcha: captcha_solvers=none: capturing only")
 
-    def key(self) -> str:
-        return self._key.value
-
     def running(self) -> None:
         self.scheduler.start()
 

@@ -165,7 +165,6 @@ class Verified(Event):
             out["cached"] = self.cached
 
 
-FinalEvent = Solved | Failed
 EVENT_TYPES: dict[str, type[Event]] = {cls.name: cls for cls in (Captured, Solving, Solved, Failed, Expired, Verified)}
 
 
