@@ -15,6 +15,7 @@ from typing import Any, assert_never
 from addon.kinds import SPECS, kind_of_mode
 from addon.publish.board import Board
 from addon.publish.events import Event
+from addon.publish.gesture import click_plan, drag_path
 from addon.publish.remote import AnswersUnreachable, RemoteAnswers
 
 WAIT_DEFAULT = 30.0
@@ -231,7 +232,23 @@ def with_drag(event: Event, query: dict[str, str]) -> dict[str, Any]:
 
 def dict_with_drag(doc: dict[str, Any], query: dict[str, str]) -> dict[str, Any]:
     drag = drag_for(doc, query)
-    return {**doc, "drag": drag} if drag is not None else doc
+    if drag is None:
+        return doc
+    if query.get("plan", "").lower() in ("1", "true", "yes"):
+        return {**doc, "drag": drag, **plan_for(doc, drag)}
+    return {**doc, "drag": drag}
+
+
+def plan_for(doc: dict[str, Any], drag: dict[str, Any]) -> dict[str, Any]:
+    """The gesture that replays a converted answer (`?plan=1`), seeded by the challenge id: `path` for a drag,
+    `clicks` for the points of an object captcha."""
+    seed = str(doc.get("challenge"))
+    if isinstance(drag.get("x"), int | float):
+        return {"path": drag_path(float(drag["x"]), seed)}
+    points = drag.get("points")
+    if isinstance(points, list):
+        return {"clicks": click_plan([(float(p["x"]), float(p["y"])) for p in points], seed)}
+    return {}
 
 
 def _number(text: str) -> float | None:
