@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.conftest import seal
 from mitmproxy import exceptions
 from mitmproxy.test import taddons, tflow, tutils
 from PIL import Image, ImageDraw
@@ -19,6 +18,7 @@ from PIL import Image, ImageDraw
 from addon.mitm.capture import CaptchaCapture
 from addon.mitm.outlets import CaptchaEvents
 from addon.wiring import build_addons
+from tests.conftest import seal
 
 CDN = "p16-rc-captcha-va.ibyteimg.com"
 
@@ -304,6 +304,6 @@ async def test_a_verify_naming_no_challenge_from_a_client_without_one_is_dropped
         addon_env: Any, caplog: pytest.LogCaptureFixture) -> None:
     _, capture, sidecar = addon_env
     await verify(capture, "10.0.0.5", {"mode": "whirl", "reply": []})
-    await verify(capture, "10.0.0.5", {"id": "q", "mode": "icon", "reply": []})  # a kind this addon does not do
+    await verify(capture, "10.0.0.5", {"id": "q", "mode": "puzzle", "reply": []})  # a kind this addon does not do
     assert events(sidecar) == []
     assert "names no challenge and 10.0.0.5 has none" in caplog.text

@@ -20,6 +20,8 @@ from addon.publish.bus import EventBus
 from addon.solving.base import Job, RotateAnswer, Solution, SolveFailure
 from addon.solving.scheduler import Scheduler, SchedulerConfig
 
+pytestmark = pytest.mark.usefixtures("eager_tasks")  # the task factory the proxy runs under
+
 
 def captured(cid: str, client: str = "c1", picture: str = "p1") -> Captured:
     def part(role: Role, size: int) -> ImagePart:
@@ -36,6 +38,7 @@ class Scripted:
     def __init__(self, name: str, *, paid: bool = True, angle: float = 90.0, confidence: float | None = None,
                  fail: str | None = None, delay: float = 0.0, transient: bool = False):
         self.name, self.paid = name, paid
+        self.kinds = frozenset(Kind)
         self.angle, self.confidence, self.fail, self.delay, self.transient = angle, confidence, fail, delay, transient
         self.jobs: list[str] = []
         self.gate: asyncio.Event | None = None

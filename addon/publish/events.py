@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 
 from addon.capture.assemble import ImagePart
 from addon.capture.images import Role
+from addon.kinds import SPECS, kind_of_mode
 from addon.solving.base import Answer
 
 FINAL = frozenset(("solved", "failed"))
@@ -76,12 +77,16 @@ class Captured(Event):
     source: str
     tip_y: float | None = None
     verify_id: str | None = None
+    question: str | None = None
 
     def _fields(self, out: dict[str, Any]) -> None:
         out["images"] = {role: part.to_json() for role, part in self.images.items()}
         out["source"] = self.source
         if self.kind == "slide" and self.tip_y is not None:
             out["tip_y"] = self.tip_y
+        kind = kind_of_mode(self.kind)
+        if kind is not None and SPECS[kind].answer == "points":
+            out["question"] = self.question
         if self.verify_id:
             out["verify_id"] = self.verify_id
 
@@ -108,6 +113,11 @@ class Solved(Event):
     confidence: float | None = None
     tried: tuple[str, ...] = ()
     cached: bool = False
+    cached_from: str | None = None
+    """When `cached`: `cache` (this proxy's answer cache), `repeat` (a challenge with the same images solved here
+    at the same time, waited for) or `fleet` (another proxy of the fleet)."""
+    same_as: str | None = None
+    """When `cached` from this proxy: the challenge the answer was first given to."""
 
     def _fields(self, out: dict[str, Any]) -> None:
         out["service"] = self.service
@@ -120,6 +130,10 @@ class Solved(Event):
         out["tried"] = list(self.tried)
         if self.cached:
             out["cached"] = True
+            if self.cached_from is not None:
+                out["cached_from"] = self.cached_from
+            if self.same_as is not None:
+                out["same_as"] = self.same_as
 
 
 @dataclass(slots=True, kw_only=True)
@@ -165,7 +179,6 @@ class Verified(Event):
             out["cached"] = self.cached
 
 
-FinalEvent = Solved | Failed
 EVENT_TYPES: dict[str, type[Event]] = {cls.name: cls for cls in (Captured, Solving, Solved, Failed, Expired, Verified)}
 
 

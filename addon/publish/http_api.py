@@ -10,13 +10,13 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, assert_never
 
-from redis.exceptions import RedisError
-
-from addon.fleet.reader import FleetReader
+from addon.kinds import SPECS, kind_of_mode
 from addon.publish.board import Board
 from addon.publish.events import Event
+from addon.publish.gesture import click_plan, drag_path
+from addon.publish.remote import AnswersUnreachable, RemoteAnswers
 
 WAIT_DEFAULT = 30.0
 WAIT_MAX = 60.0
@@ -57,21 +57,36 @@ PrefixRoute = Callable[[ApiRequest, str], Awaitable[ApiResponse]]
 def drag_for(event: dict[str, Any], query: dict[str, str]) -> dict[str, Any] | None:
     """The drag in the caller's own pixels, when the caller gave its geometry and the event has an answer."""
     answer = event.get("answer")
-    if event.get("event") != "solved" or not isinstance(answer, dict):
+    kind = kind_of_mode(event.get("kind") if isinstance(event.get("kind"), str) else None)
+    if event.get("event") != "solved" or not isinstance(answer, dict) or kind is None:
         return None
-    if event.get("kind") == "slide" and "width" in query:
-        width = _number(query["width"])
-        if width is None:
-            return None
-        return {"x": answer["fraction"] * width, "width": width}
-    if event.get("kind") == "rotate" and "track" in query:
-        track = _number(query["track"])
-        handle = _number(query.get("handle", "0"))
-        if track is None or handle is None or track <= handle:
-            return None
-        travel = track - handle
-        return {"x": answer["fraction"] * travel, "travel": travel, "angle": answer["fraction"] * 360.0}
-    return None
+    answer_type = SPECS[kind].answer
+    match answer_type:
+        case "slide":
+            width = _number(query["width"]) if "width" in query else None
+            if width is None:
+                return None
+            return {"x": answer["fraction"] * width, "width": width}
+        case "rotate":
+            if "track" not in query:
+                return None
+            track = _number(query["track"])
+            handle = _number(query.get("handle", "0"))
+            if track is None or handle is None or track <= handle:
+                return None
+            travel = track - handle
+            return {"x": answer["fraction"] * travel, "travel": travel, "angle": answer["fraction"] * 360.0}
+        case "points":
+            # `?width=W`: the points where to click on the image shown W pixels wide (its height keeps the aspect).
+            width = _number(query["width"]) if "width" in query else None
+            points, width_view, height_view = answer.get("points"), answer.get("width_view"), answer.get("height_view")
+            if width is None or not isinstance(points, list) or not width_view or not height_view:
+                return None
+            height = width * height_view / width_view
+            return {"points": [{"x": p["fraction_x"] * width, "y": p["fraction_y"] * height} for p in points],
+                    "width": width, "height": height}
+        case _:
+            assert_never(answer_type)
 
 
 class ApiHandler:
@@ -92,7 +107,7 @@ class ApiHandler:
         """Paths served without the token: the dashboard's page and files, which hold no data (a browser cannot
         send a header when it opens a page; the page then asks for the token and sends it on every call)."""
         self.public_prefixes: set[str] = set()
-        self.fleet: FleetReader | None = None
+        self.fleet: RemoteAnswers | None = None
         """Fleet mode: answers and events of clients this proxy has not seen come from the Redis stream."""
 
     def authorised(self, authorization: str) -> bool:
@@ -120,7 +135,7 @@ class ApiHandler:
     def _client(self, request: ApiRequest) -> str:
         return request.query.get("client") or request.client
 
-    def _remote(self, client: str) -> FleetReader | None:
+    def _remote(self, client: str) -> RemoteAnswers | None:
         """The fleet's reader when the client is another proxy's (one this proxy's board has never seen)."""
         return self.fleet if self.fleet is not None and not self.board.knows(client) else None
 
@@ -130,7 +145,7 @@ class ApiHandler:
         if remote is not None:
             try:
                 doc = await remote.latest_final(client)
-            except (RedisError, OSError):
+            except AnswersUnreachable:
                 return fleet_down(client)
             if doc is None:
                 return ApiResponse.json(404, {"error": "no answer yet", "client": client})
@@ -163,7 +178,7 @@ class ApiHandler:
                 return ApiResponse(204)
             await self.board.wait_change(client, remaining)
 
-    async def _wait_remote(self, remote: FleetReader, client: str, query: dict[str, str],
+    async def _wait_remote(self, remote: RemoteAnswers, client: str, query: dict[str, str],
                            timeout: float | None) -> ApiResponse:
         """The long poll for another proxy's client: wakes on the fleet's stream. `after` is a seq of that client's
         proxy run, or a stream entry id (`1700000000000-0`) to walk the fleet's answers in stream order."""
@@ -176,7 +191,7 @@ class ApiHandler:
                                                    "or a stream id"})
         try:
             doc = await remote.wait_final(client, max(0.0, min(timeout, WAIT_MAX)), after=cursor)
-        except (RedisError, OSError):
+        except AnswersUnreachable:
             return fleet_down(client)
         return ApiResponse(204) if doc is None else ApiResponse.json(200, dict_with_drag(doc, query))
 
@@ -189,7 +204,7 @@ class ApiHandler:
         if remote is not None and client is not None:
             try:
                 return ApiResponse.json(200, {"events": await remote.newest_events(limit, client)})
-            except (RedisError, OSError):
+            except AnswersUnreachable:
                 return fleet_down(client)
         events = self.board.newest(limit, request.query.get("client"))
         return ApiResponse.json(200, {"events": [e.to_json() for e in events]})
@@ -200,7 +215,7 @@ class ApiHandler:
                 return ApiResponse.json(400, {"error": "scope=fleet needs fleet mode (captcha_redis)"})
             try:
                 return ApiResponse.json(200, await self.fleet.fleet_stats())
-            except (RedisError, OSError):
+            except AnswersUnreachable:
                 return fleet_down(None)
         return ApiResponse.json(200, self.stats(request.query.get("client")))
 
@@ -217,7 +232,23 @@ def with_drag(event: Event, query: dict[str, str]) -> dict[str, Any]:
 
 def dict_with_drag(doc: dict[str, Any], query: dict[str, str]) -> dict[str, Any]:
     drag = drag_for(doc, query)
-    return {**doc, "drag": drag} if drag is not None else doc
+    if drag is None:
+        return doc
+    if query.get("plan", "").lower() in ("1", "true", "yes"):
+        return {**doc, "drag": drag, **plan_for(doc, drag)}
+    return {**doc, "drag": drag}
+
+
+def plan_for(doc: dict[str, Any], drag: dict[str, Any]) -> dict[str, Any]:
+    """The gesture that replays a converted answer (`?plan=1`), seeded by the challenge id: `path` for a drag,
+    `clicks` for the points of an object captcha."""
+    seed = str(doc.get("challenge"))
+    if isinstance(drag.get("x"), int | float):
+        return {"path": drag_path(float(drag["x"]), seed)}
+    points = drag.get("points")
+    if isinstance(points, list):
+        return {"clicks": click_plan([(float(p["x"]), float(p["y"])) for p in points], seed)}
+    return {}
 
 
 def _number(text: str) -> float | None:

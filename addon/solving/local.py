@@ -6,11 +6,11 @@ import asyncio
 import concurrent.futures
 import contextlib
 from collections.abc import Callable
-from typing import Any
+from typing import Any, assert_never
 
 from addon.capture.assemble import Captured
 from addon.capture.images import Role
-from addon.capture.recognise import Kind
+from addon.kinds import Kind
 from addon.solving.base import Job, RotateAnswer, SlideAnswer, Solution, SolveFailure, natural_width
 
 SERVICE = "local"
@@ -19,6 +19,8 @@ SERVICE = "local"
 class LocalSolver:
     name = SERVICE
     paid = False
+    kinds = frozenset({Kind.ROTATE, Kind.SLIDE})
+    """3d and icon go to the next solver of the chain (or fail `no_solver`)."""
 
     def __init__(self, workers: int = 1):
         # OpenCV and numpy release the GIL for their heavy work, so one worker thread keeps the event loop free
@@ -78,18 +80,27 @@ def solve_now(c: Captured, width_view: int) -> Solution:
     from addon.solving import vision  # numpy/OpenCV load on first use, not when mitmproxy loads the script
 
     try:
-        if c.kind is Kind.ROTATE:
-            inner, outer = c.images.get(Role.INNER), c.images.get(Role.OUTER)
-            if inner is None or outer is None:
-                raise SolveFailure("bad_image", "rotate challenge without both inner and outer images")
-            found = vision.solve_rotate(inner.body, outer.body)
-            rotate = RotateAnswer.from_angle(found.value)
-            return Solution(f"{rotate.angle:.1f}", rotate, found.confidence)
-        background, piece = c.images.get(Role.BACKGROUND), c.images.get(Role.PIECE)
-        if background is None:
-            raise SolveFailure("bad_image", "slide challenge without its background image")
-        found = vision.solve_slide(background.body, piece.body if piece else None, c.tip_y)
-        slide = SlideAnswer.from_natural(found.value, natural_width(c), width_view)
-        return Solution(f"{slide.x_natural:.1f}", slide, found.confidence)
+        match c.kind:
+            case Kind.ROTATE:
+                inner, outer = c.images.get(Role.INNER), c.images.get(Role.OUTER)
+                if inner is None or outer is None:
+                    raise SolveFailure("bad_image", "rotate challenge without both inner and outer images")
+                found = vision.solve_rotate(inner.body, outer.body)
+                rotate = RotateAnswer.from_angle(found.value)
+                return Solution(f"{rotate.angle:.1f}", rotate, found.confidence)
+            case Kind.SLIDE:
+                background, piece = c.images.get(Role.BACKGROUND), c.images.get(Role.PIECE)
+                if background is None:
+                    raise SolveFailure("bad_image", "slide challenge without its background image")
+                found = vision.solve_slide(background.body, piece.body if piece else None, c.tip_y)
+                slide = SlideAnswer.from_natural(found.value, natural_width(c), width_view)
+                return Solution(f"{slide.x_natural:.1f}", slide, found.confidence)
+            case Kind.THREE_D | Kind.ICON:
+                # Not in `kinds`: the scheduler never hands these here. A 3d model joins by adding THREE_D to
+                # `kinds` and a case that returns a PointsAnswer.
+                raise SolveFailure("no_solver", f"the local solver does not solve {c.kind} challenges",
+                                   reached=False)
+            case _:
+                assert_never(c.kind)
     except vision.VisionError as e:
         raise SolveFailure("bad_image", f"local solver: {e}") from None

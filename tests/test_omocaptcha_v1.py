@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.conftest import tiny_manifest
 
 from addon.capture.assemble import Captured, make_part
 from addon.capture.images import BadImage, Role, probe
@@ -20,9 +19,11 @@ from addon.mitm.solving import make_http_client
 from addon.publish.bus import EventBus
 from addon.solving.omocaptcha_v1 import OmocaptchaV1Solver, job_payload
 from addon.solving.scheduler import Scheduler, SchedulerConfig
+from tests.conftest import tiny_manifest
 from tests.kit.fake_omocaptcha import FakeOmocaptcha
 
 KEY = "test-key-3141"
+pytestmark = pytest.mark.usefixtures("eager_tasks")  # the task factory the proxy runs under
 
 
 @pytest.fixture(scope="module")
@@ -296,10 +297,10 @@ async def test_a_hanging_service_ends_every_challenge_at_its_deadline(
 def test_job_payload_of_whole_images(manifest_dir: Any) -> None:
     whirl, slide = captured_from(manifest_dir, "whirl"), captured_from(manifest_dir, "slide")
     b64 = {r: base64.b64encode(p.body).decode() for r, p in (whirl.images | slide.images).items()}
-    assert job_payload(whirl, 340) == ("23", b64[Role.INNER] + "|" + b64[Role.OUTER], None)
-    assert job_payload(slide, 276) == ("21", b64[Role.BACKGROUND], 276)
+    assert job_payload(whirl, 340) == ("23", b64[Role.INNER] + "|" + b64[Role.OUTER], {})
+    assert job_payload(slide, 276) == ("21", b64[Role.BACKGROUND], {"width_view": 276})
     # The piece is never sent, so a piece cut short does not matter.
-    assert job_payload(cut(slide, Role.PIECE), 340) == ("21", b64[Role.BACKGROUND], 340)
+    assert job_payload(cut(slide, Role.PIECE), 340) == ("21", b64[Role.BACKGROUND], {"width_view": 340})
 
 
 @pytest.mark.parametrize(("mode", "role"), [("whirl", Role.INNER), ("whirl", Role.OUTER), ("slide", Role.BACKGROUND)])
