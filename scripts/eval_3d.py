@@ -5,7 +5,8 @@
 Per split of the model's own split by source (`meta.split`, written by scripts/train_3d.py): right (each point in
 a different box of the duplicated shape), answered at the threshold, right when answered, a reliability table,
 time per solve (decode included, one core) and the confusions left (true pair class -> the classes answered).
-Then images that are not this captcha (a whirl ring, a slide-sized noise picture, a blank) given as 3d: refused
+Then images that are not this captcha (a whirl ring, a slide-sized noise picture, a blank, a photo-like
+landscape as a slide background) given as 3d: refused
 (VisionError) or low confidence, never a confident answer.
 """
 
@@ -15,6 +16,7 @@ import argparse
 import io
 import itertools
 import os
+import random
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -26,6 +28,7 @@ from PIL import Image
 from addon.solving.vision import objects3d as o3
 from addon.solving.vision.common import VisionError
 from scripts.train_3d import DEFAULT_DATA, inside, is_right, load_labels
+from tests.kit.synth import landscape
 
 DEFAULT_THRESHOLD = 0.5
 BINS = (0.0, 0.2, 0.4, 0.6, 0.8, 0.9, 1.0001)
@@ -42,6 +45,8 @@ def foreign_images() -> dict[str, bytes]:
     """Pictures that are not a 3D-objects captcha, at its size."""
     out: dict[str, bytes] = {"blank": _png(Image.new("RGB", (552, 344), (243, 244, 246))),
                              "noise": _png(Image.effect_noise((552, 344), 60).convert("RGB"))}
+    for seed in (1, 2):
+        out[f"landscape {seed}"] = _png(landscape(random.Random(seed), (552, 344), 0.45).convert("RGB"))
     for name in ("whirl-png-outer-347.png", "whirl-jpeg-outer-347.jpg"):
         path = SAMPLES / name
         if path.exists():

@@ -1,17 +1,25 @@
-"""Trains the 3D-objects shape embedding (addon/solving/vision/models/objects3d.npz) from the shared labelled set.
+"""Trains the 3D-objects shape classifier (addon/solving/vision/models/objects3d.onnx + objects3d.json).
 
-    nice -n 10 uv run python -m scripts.train_3d [--data ../shared/samples/3d-train] [--seed 20] [--out PATH]
+The network is trained with PyTorch, which the project does not depend on (the addon runs the ONNX file with
+OpenCV's `cv2.dnn`). Train in a separate Python 3.11 venv with the CPU wheel, from the repository root:
 
-Numpy and OpenCV only (no training dependencies). Deterministic for a given seed and data.
+    python3.11 -m venv /tmp/train311
+    /tmp/train311/bin/pip install /opt/wheels/torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl \
+        onnx numpy opencv-python-headless pillow        # or `torch` from PyPI's CPU index elsewhere
+    PYTHONPATH=. nice -n 10 /tmp/train311/bin/python -m scripts.train_3d [--data ../shared/samples/3d-train]
+        [--seed 20] [--epochs 30]
+
+Deterministic for a given seed, data and torch build (2 threads).
 
 - Split by source (never by file: each source picture has ~3 augmented copies): the sources, sorted, shuffled
-  with `random.Random(seed)`, 60 % `train`, 20 % `calib`, 20 % `test`. The split is written into the model's
-  metadata (`meta.split`: source -> split) and summarised in BENCHMARKS.md.
-- `train`: every labelled object that the solver's own segmentation finds (a region whose centre lies in the
-  label's box) gives one crop; PCA (keeping `--pca` components) then Fisher LDA on the shape classes, whitened
-  within class, gives the embedding.
-- `calib`: the solver runs on each challenge; a logistic regression of right/wrong on (margin, best distance)
-  gives the confidence mapping.
+  with `random.Random(seed)`, 60 % `train`, 20 % `calib`, 20 % `test`. The split is written into the metadata
+  (`split`: source -> split) and summarised in BENCHMARKS.md.
+- `train`: one crop per labelled object, from its ground-truth box (what the solver's segmentation finds is only
+  used at inference), augmented each epoch: scale, rotation, shift, random grey weights of B/G/R and inversion
+  (the pair differs in colour), black rectangles erasing part of it. A 4-conv CNN, softmax over the shape classes
+  ("g" and "g hoa" are one class: they look alike).
+- `calib`: the solver runs on each challenge with the exported network; a logistic regression of right/wrong on
+  (log best pair score, log margin over the runner-up) gives the confidence mapping.
 - `test` is left alone here: `scripts/eval_3d.py` reports on it.
 """
 
@@ -35,6 +43,7 @@ from addon.solving.vision.common import VisionError
 
 DEFAULT_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "samples" / "3d-train"
 F64 = npt.NDArray[np.float64]
+PROBE_SEED = 0
 
 
 def load_labels(data: Path) -> dict[str, Any]:
@@ -62,46 +71,26 @@ def inside(box: list[float], x: float, y: float) -> bool:
     return abs(x - cx) <= w / 2 and abs(y - cy) <= h / 2
 
 
-def crops_of(bgr: o3.U8, boxes: list[dict[str, Any]]) -> list[tuple[str, npt.NDArray[np.float32]]]:
-    mask, _ = o3.object_mask(bgr)
-    objects = o3.find_objects(mask)
-    grey = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
-    out = []
-    for label in boxes:
-        hits = [(b, own) for b, own in objects if inside(label["box"], b[0] + b[2] / 2, b[1] + b[3] / 2)]
-        if hits:
-            b, own = max(hits, key=lambda t: int(t[1].sum()))
-            out.append((label["cls"], o3.crop_features(grey, b, own)))
-    return out
+def class_of(cls: str) -> str:
+    return "g hoa" if cls == "g" else cls
 
 
-def fisher(x: F64, y: list[str], n_pca: int, shrink: float) -> tuple[F64, F64]:
-    """mean and projection: PCA to n_pca dimensions, then LDA whitened within class."""
-    mean = x.mean(axis=0)
-    xc = x - mean
-    _, _, vt = np.linalg.svd(xc, full_matrices=False)
-    pca = vt[:n_pca].T
-    z = xc @ pca
-    classes = sorted(set(y))
-    ya = np.array(y)
-    sw = np.zeros((n_pca, n_pca))
-    sb = np.zeros((n_pca, n_pca))
-    for c in classes:
-        zc = z[ya == c]
-        mu = zc.mean(axis=0)
-        d = zc - mu
-        sw += d.T @ d
-        sb += len(zc) * np.outer(mu, mu)
-    sw /= len(z)
-    sb /= len(z)
-    sw = (1 - shrink) * sw + shrink * np.eye(n_pca) * np.trace(sw) / n_pca
-    evals, evecs = np.linalg.eigh(sw)
-    white = evecs / np.sqrt(evals)
-    bw = white.T @ sb @ white
-    bev, bvec = np.linalg.eigh(bw)
-    order = np.argsort(bev)[::-1][: len(classes) - 1]
-    projection = pca @ white @ bvec[:, order]
-    return mean, projection
+def gt_box(label: dict[str, Any]) -> tuple[float, float, float, float]:
+    cx, cy, w, h = label["box"]
+    return cx - w / 2, cy - h / 2, w, h
+
+
+def augmented(bgr: o3.U8, mask: o3.U8, box: tuple[float, float, float, float],
+              rng: np.random.Generator) -> npt.NDArray[np.float32]:
+    img, m = o3.crop_patch(bgr, mask, box, scale=float(rng.uniform(0.85, 1.2)), angle=float(rng.uniform(-15, 15)),
+                           shift=(float(rng.uniform(-0.08, 0.08)), float(rng.uniform(-0.08, 0.08))))
+    w = rng.dirichlet((1.5, 1.5, 1.5))
+    x = o3.net_input(img, m, (float(w[0]), float(w[1]), float(w[2])), invert=bool(rng.random() < 0.3))
+    if rng.random() < 0.5:  # a pasted black rectangle: nothing there, in both channels
+        eh, ew = (int(v) for v in rng.integers(6, o3.CROP // 2, size=2))
+        ey, ex = (int(v) for v in rng.integers(0, o3.CROP - 6, size=2))
+        x[:, ey:ey + eh, ex:ex + ew] = 0.0
+    return x
 
 
 def fit_logistic(x: F64, y: F64, l2: float = 1e-2, steps: int = 50) -> F64:
@@ -124,60 +113,160 @@ def is_right(points: tuple[tuple[float, float], tuple[float, float]], label: dic
     return any(i != j for i in a for j in b)
 
 
+def build_net(n_classes: int) -> Any:
+    import torch.nn as nn  # type: ignore[import-not-found, unused-ignore]
+
+    def block(cin: int, cout: int) -> list[Any]:
+        return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(), nn.MaxPool2d(2)]
+
+    return nn.Sequential(*block(2, 24), *block(24, 48), *block(48, 64), *block(64, 96), nn.Flatten(),
+                         nn.Dropout(0.3), nn.Linear(96 * (o3.CROP // 16) ** 2, n_classes))
+
+
+def train_net(samples: list[tuple[o3.U8, o3.U8, tuple[float, float, float, float], int]], n_classes: int,
+              epochs: int, seed: int) -> Any:
+    import torch  # type: ignore[import-not-found, unused-ignore]
+
+    torch.manual_seed(seed)
+    torch.set_num_threads(2)
+    rng = np.random.default_rng(seed)
+    net = build_net(n_classes)
+    opt = torch.optim.AdamW(net.parameters(), lr=3e-3, weight_decay=1e-4)
+    batch = 128
+    steps = epochs * ((len(samples) + batch - 1) // batch)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps)
+    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=0.05)
+    for epoch in range(epochs):
+        t0 = time.perf_counter()
+        x = torch.from_numpy(np.stack([augmented(b, m, box, rng) for b, m, box, _ in samples]))
+        y = torch.tensor([c for *_, c in samples])
+        order = torch.from_numpy(rng.permutation(len(samples)))
+        net.train()
+        total, right = 0.0, 0
+        for k in range(0, len(samples), batch):
+            idx = order[k:k + batch]
+            out = net(x[idx])
+            loss = loss_fn(out, y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += float(loss) * len(idx)
+            right += int((out.argmax(1) == y[idx]).sum())
+        print(f"epoch {epoch + 1}/{epochs}: loss {total / len(samples):.3f}, train acc {right / len(samples):.3f}, "
+              f"{time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    net.eval()
+    return net
+
+
+def export(net: Any, path: Path) -> None:
+    import torch  # type: ignore[import-not-found, unused-ignore]
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    dummy = torch.zeros(1, 2, o3.CROP, o3.CROP)
+    torch.onnx.export(net, (dummy,), str(path), input_names=["crop"], output_names=["logits"], opset_version=13,
+                      dynamic_axes={"crop": {0: "n"}, "logits": {0: "n"}}, dynamo=False)
+
+
+def probe(net: Any, path: Path) -> dict[str, Any]:
+    """A fixed input's logits from torch, checked against cv2.dnn on the exported file (here, and by the tests in
+    the project's own environment): the ONNX file computes what was trained."""
+    import torch  # type: ignore[import-not-found, unused-ignore]
+
+    x = np.random.default_rng(PROBE_SEED).standard_normal((2, 2, o3.CROP, o3.CROP)).astype(np.float32)
+    with torch.no_grad():
+        want = net(torch.from_numpy(x)).numpy()
+    cvnet = o3.read_net(path)
+    cvnet.setInput(x)
+    got = np.asarray(cvnet.forward())
+    if not np.allclose(want, got, atol=1e-3):
+        raise SystemExit(f"{path}: cv2.dnn differs from torch by {np.abs(want - got).max():.2g}")
+    return {"seed": PROBE_SEED, "shape": list(x.shape), "logits": want.round(5).tolist()}
+
+
+def crop_accuracy(model: o3.Model, data: Path, labels: dict[str, Any], names: list[str], classes: list[str]) -> float:
+    """Share of ground-truth crops (no augmentation) the network puts in their own class."""
+    right = n = 0
+    for name in names:
+        bgr = read(data / name)
+        mask, _ = o3.object_mask(bgr)
+        boxes = labels[name]["boxes"]
+        x = np.stack([o3.net_input(*o3.crop_patch(bgr, mask, gt_box(b))) for b in boxes])
+        model.net.setInput(x)
+        got = np.asarray(model.net.forward()).argmax(1)
+        right += sum(classes[int(g)] == class_of(b["cls"]) for g, b in zip(got, boxes, strict=True))
+        n += len(boxes)
+    return right / max(n, 1)
+
+
+def calibrate(path: Path, data: Path, labels: dict[str, Any], names: list[str]) -> tuple[F64, float]:
+    """The confidence mapping (logistic of right/wrong on the solver's own confidence features) fitted on the calib
+    challenges with the exported network, and the share right there."""
+    model = o3.Model(o3.read_net(path), (0.0, 1.0, 0.0), {})
+    rows, right = [], []
+    for name in names:
+        lab = labels[name]
+        if lab["pair"] is None:
+            continue
+        try:
+            boxes, probs = o3.classify(read(data / name), model)
+        except VisionError:
+            rows.append((-20.0, 0.0))
+            right.append(0.0)
+            continue
+        pairs = o3.pair_scores(probs)
+        _, i, j = pairs[0]
+        pts = tuple((b[0] + b[2] / 2, b[1] + b[3] / 2) for b in (boxes[i], boxes[j]))
+        rows.append(o3.confidence_features(pairs))
+        right.append(float(is_right(pts, lab)))  # type: ignore[arg-type]
+    return fit_logistic(np.array(rows), np.array(right)), float(np.mean(right))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--seed", type=int, default=20)
-    ap.add_argument("--pca", type=int, default=160)
-    ap.add_argument("--shrink", type=float, default=0.05)
+    ap.add_argument("--epochs", type=int, default=22)
     ap.add_argument("--out", type=Path, default=o3.MODEL_PATH)
+    ap.add_argument("--calibrate-only", action="store_true",
+                    help="keep the trained network, refit only the confidence mapping (after a segmentation change; "
+                         "needs no torch: `uv run python -m scripts.train_3d --calibrate-only`)")
     args = ap.parse_args(argv)
     cv2.setNumThreads(1)
     start = time.perf_counter()
     labels = load_labels(args.data)
     split = split_sources(labels, args.seed)
-    feats: list[npt.NDArray[np.float32]] = []
-    classes: list[str] = []
-    for name in sorted(labels):
-        if split[labels[name]["source"]] != "train":
-            continue
-        bgr = read(args.data / name)
-        for cls, f in crops_of(bgr, labels[name]["boxes"]):
-            classes.append("g hoa" if cls == "g" else cls)
-            feats.append(f)
-    mean, projection = fisher(np.stack(feats).astype(np.float64), classes, args.pca, args.shrink)
-    model = o3.Model(mean, projection, (0.0, 1.0, 0.0), {})
-    rows, right = [], []
-    for name in sorted(labels):
-        lab = labels[name]
-        if split[lab["source"]] != "calib" or lab["pair"] is None:
-            continue
-        bgr = read(args.data / name)
-        try:
-            boxes, emb = o3.embed(bgr, model)
-        except VisionError:
-            continue
-        pairs = o3.pair_distances(emb)
-        _, margin, best = o3.confidence_of(pairs, model.conf)
-        _, i, j = pairs[0]
-        pts = tuple((b[0] + b[2] / 2, b[1] + b[3] / 2) for b in (boxes[i], boxes[j]))
-        rows.append((margin, best))
-        right.append(float(is_right(pts, lab)))  # type: ignore[arg-type]
-    w = fit_logistic(np.array(rows), np.array(right))
-    seconds = time.perf_counter() - start
-    counts = {s: sum(1 for v in split.values() if v == s) for s in ("train", "calib", "test")}
-    meta = {
-        "seed": args.seed, "pca": args.pca, "shrink": args.shrink, "crops": len(feats),
-        "classes": sorted(set(classes)), "split_counts": counts, "split": dict(sorted(split.items())),
-        "labels_sha256": hashlib.sha256((args.data / "labels.json").read_bytes()).hexdigest(),
-        "calib_right": float(np.mean(right)), "train_seconds": round(seconds, 1),
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with args.out.open("wb") as fh:
-        np.savez_compressed(fh, mean=mean.astype(np.float32), projection=projection.astype(np.float32),
-                            conf=w, meta=np.array(json.dumps(meta)))
-    print(f"{len(feats)} crops from {counts['train']} train sources; calib right {np.mean(right):.3f} "
-          f"on {len(right)}; conf {w.round(3).tolist()}; {seconds:.0f} s -> {args.out}", file=sys.stderr)
+    names = {s: [n for n in sorted(labels) if split[labels[n]["source"]] == s] for s in ("train", "calib", "test")}
+    classes = sorted({class_of(b["cls"]) for v in labels.values() for b in v["boxes"]})
+    meta_path = args.out.with_suffix(".json")
+    if args.calibrate_only:
+        meta = json.loads(meta_path.read_text())
+    else:
+        samples = []
+        for name in names["train"]:
+            bgr = read(args.data / name)
+            mask, _ = o3.object_mask(bgr)
+            for b in labels[name]["boxes"]:
+                samples.append((bgr, mask, gt_box(b), classes.index(class_of(b["cls"]))))
+        net = train_net(samples, len(classes), args.epochs, args.seed)
+        export(net, args.out)
+        counts = {s: sum(1 for v in split.values() if v == s) for s in ("train", "calib", "test")}
+        meta = {
+            "seed": args.seed, "epochs": args.epochs, "crop": o3.CROP, "crops": len(samples), "classes": classes,
+            "split_counts": counts, "split": dict(sorted(split.items())),
+            "labels_sha256": hashlib.sha256((args.data / "labels.json").read_bytes()).hexdigest(),
+            "train_seconds": round(time.perf_counter() - start, 1), "probe": probe(net, args.out),
+        }
+    w, calib_right = calibrate(args.out, args.data, labels, names["calib"])
+    model = o3.Model(o3.read_net(args.out), (0.0, 1.0, 0.0), {})
+    meta.update({
+        "calibration": [float(v) for v in w], "calibration_features": ["1", "log best pair score", "log margin"],
+        "chroma_edge": o3.CHROMA_EDGE, "calib_right": calib_right,
+        "calib_crop_accuracy": crop_accuracy(model, args.data, labels, names["calib"], classes),
+    })
+    meta_path.write_text(json.dumps(meta, indent=1) + "\n")
+    print(f"calib crops right {meta['calib_crop_accuracy']:.3f}; calib right {calib_right:.3f}; conf "
+          f"{w.round(3).tolist()}; {time.perf_counter() - start:.0f} s -> {args.out}", file=sys.stderr)
     return 0
 
 

@@ -2,14 +2,15 @@
 
 Objects: the ground is pale and nearly grey, its shadows light grey; an object is what is coloured (saturation) or
 dark. Pure-black pixels are left out (the training copies have black rectangles pasted on them; a real challenge
-has none). Connected regions of that mask, big enough, are the objects.
+has none). Connected regions of that mask, big enough, are the objects; a region is first cut where its colour
+changes sharply (two touching objects of different colours), each part growing back over the cut.
 
-Shape: each object's crop (its own pixels only, grey levels standardised so colour and lighting drop out, the
-crop scaled to a fixed square so size drops out) is described by a HOG of the grey levels plus its silhouette,
-projected by a Fisher discriminant (PCA then LDA, fitted by `scripts/train_3d.py` on the shape classes of the
-training split) into a space where views of one shape lie close and different shapes far apart. The answer is
-the pair of objects closest in that space; its confidence is a logistic of how much closer it is than the
-runner-up pair, fitted on the calibration split (other sources than training).
+Shape: each object's square crop (grey levels standardised within the object pixels so colour and lighting drop
+out, plus the object mask, scaled to CROP x CROP so size drops out) goes through a small CNN (ONNX, run by
+`cv2.dnn`; trained by `scripts/train_3d.py` on the ground-truth boxes of the training split) that gives a
+probability per shape class. The answer is the pair of objects most likely to share a class (sum over classes of
+p_i(c) p_j(c)); its confidence is a logistic of that score and of how far ahead of the runner-up pair it is, fitted
+on the calibration split (other sources than training).
 """
 
 from __future__ import annotations
@@ -29,19 +30,23 @@ from addon.solving.vision.common import VisionError, check_not_blank, clamp01, d
 
 WIDTH, HEIGHT = 552, 344
 """The natural size; an image of about the same aspect ratio is taken as a scaled copy."""
-MODEL_PATH = Path(__file__).with_name("models") / "objects3d.npz"
+MODELS = Path(__file__).with_name("models")
+MODEL_PATH = MODELS / "objects3d.onnx"
+META_PATH = MODELS / "objects3d.json"
 
 MIN_AREA = 150
 """Smallest region (natural px) that counts as an object; letters are a few hundred px and more."""
 MAX_OBJECTS = 12
 """More regions than this: the biggest are kept (a real challenge has 7)."""
 SATURATION_MIN, VALUE_MAX, BLACK_MAX = 28, 165, 30
-CROP = 40
-"""Side of the square each object is scaled to before its features are taken."""
-PAD = 3
-
-CELL, BINS = 8, 9
-MASK_GRID = 10
+CHROMA_EDGE = 10.0
+"""A jump of the Lab (a, b) colour this big between neighbours is the border of two touching objects."""
+CROP = 48
+"""Side of the square each object is scaled to for the network."""
+CONTEXT = 1.15
+"""The crop's side over the box's longer side."""
+GREY_WEIGHTS = (0.114, 0.587, 0.299)
+"""B, G, R weights of the grey level the network sees (training varies them so colour does not matter)."""
 
 U8 = npt.NDArray[Any]
 """An image or mask (typed loosely: OpenCV's stubs return untyped arrays)."""
@@ -63,20 +68,22 @@ class ObjectsResult:
 
 @dataclass(frozen=True, slots=True)
 class Model:
-    mean: npt.NDArray[np.float64]
-    projection: npt.NDArray[np.float64]
-    """features -> embedding (PCA then LDA, whitened within class)."""
+    net: Any
+    """cv2.dnn network: (N, 2, CROP, CROP) float32 -> (N, classes) logits."""
     conf: tuple[float, float, float]
-    """bias, weight of the margin (best vs runner-up distance), weight of the best distance."""
+    """bias, weight of the best pair's log score, weight of its log margin over the runner-up."""
     meta: dict[str, Any]
 
 
+def read_net(path: Path) -> Any:
+    return cv2.dnn.readNetFromONNX(str(path))
+
+
 @cache
-def load_model(path: Path = MODEL_PATH) -> Model:
-    with np.load(path, allow_pickle=False) as z:
-        conf = z["conf"].astype(float)
-        return Model(z["mean"].astype(np.float64), z["projection"].astype(np.float64),
-                     (float(conf[0]), float(conf[1]), float(conf[2])), json.loads(str(z["meta"])))
+def load_model(path: Path = MODEL_PATH, meta_path: Path = META_PATH) -> Model:
+    meta: dict[str, Any] = json.loads(meta_path.read_text())
+    c = meta["calibration"]
+    return Model(read_net(path), (float(c[0]), float(c[1]), float(c[2])), meta)
 
 
 def object_mask(bgr: U8) -> tuple[U8, U8]:
@@ -92,52 +99,80 @@ def object_mask(bgr: U8) -> tuple[U8, U8]:
     return m, black
 
 
-def find_objects(mask: U8) -> list[tuple[Box, U8]]:
-    """(box, the region's own mask within its box) for each region of the object mask, biggest first."""
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
-    order = sorted((i for i in range(1, n) if stats[i, 4] >= MIN_AREA), key=lambda i: -int(stats[i, 4]))
-    out: list[tuple[Box, U8]] = []
-    for i in order[:MAX_OBJECTS]:
-        x, y, w, h = (int(v) for v in stats[i, :4])
-        out.append(((x, y, w, h), (labels[y:y + h, x:x + w] == i).astype(np.uint8)))
-    return out
+def colour_cuts(bgr: U8) -> U8:
+    """Pixels (bool) where the (a, b) colour changes sharply: the borders between touching objects."""
+    lab = cv2.cvtColor(cv2.GaussianBlur(bgr, (3, 3), 0), cv2.COLOR_BGR2LAB).astype(np.float32)
+    edge: U8 = np.zeros(bgr.shape[:2], np.float32)
+    for ch in (1, 2):
+        gx: U8 = cv2.Sobel(lab[:, :, ch], cv2.CV_32F, 1, 0, ksize=3) / 4.0
+        gy: U8 = cv2.Sobel(lab[:, :, ch], cv2.CV_32F, 0, 1, ksize=3) / 4.0
+        edge = edge + gx * gx + gy * gy
+    return np.sqrt(edge) > CHROMA_EDGE
 
 
-def hog(img: U8) -> npt.NDArray[np.float32]:
-    """Histogram of oriented gradients (unsigned, BINS bins, CELL-px cells, 2x2-cell blocks L2-normalised)."""
-    gx = cv2.Sobel(img, cv2.CV_32F, 1, 0, ksize=1)
-    gy = cv2.Sobel(img, cv2.CV_32F, 0, 1, ksize=1)
-    mag, ang = cv2.cartToPolar(gx, gy)
-    b = np.minimum((np.mod(ang, np.pi) * (BINS / np.pi)).astype(np.int32), BINS - 1)
-    n = img.shape[0] // CELL
-    cells = np.zeros((n, n, BINS), np.float32)
-    cy, cx = np.divmod(np.arange(n * CELL), CELL)[0], np.divmod(np.arange(n * CELL), CELL)[0]
-    idx = (cy[:, None] * n + cx[None, :]) * BINS + b[: n * CELL, : n * CELL]
-    np.add.at(cells.reshape(-1), idx.reshape(-1), mag[: n * CELL, : n * CELL].reshape(-1))
-    blocks = np.concatenate([cells[:-1, :-1], cells[1:, :-1], cells[:-1, 1:], cells[1:, 1:]], axis=2)
-    blocks /= np.sqrt((blocks**2).sum(axis=2, keepdims=True)) + 1e-3
-    return blocks.reshape(-1)
+def find_objects(mask: U8, bgr: U8 | None = None) -> list[tuple[Box, U8]]:
+    """(box, the region's own mask within its box) for each object, biggest first. With the image, regions are cut
+    along sharp colour changes first, and every cut pixel joins the nearest part of its own region."""
+    _, regions = cv2.connectedComponents(mask, connectivity=8)
+    labels = regions
+    if bgr is not None:
+        core = (mask > 0) & ~colour_cuts(bgr)
+        n, lab, stats, _ = cv2.connectedComponentsWithStats(core.astype(np.uint8), connectivity=4)
+        keep = np.zeros(n, bool)
+        keep[1:] = stats[1:, 4] >= MIN_AREA // 2
+        markers = np.where(keep[lab], lab, 0).astype(np.int32)
+        if markers.any():
+            _, nearest = cv2.distanceTransformWithLabels((markers == 0).astype(np.uint8), cv2.DIST_L2, 3,
+                                                         labelType=cv2.DIST_LABEL_PIXEL)
+            ys, xs = np.nonzero(markers)
+            marker_of = np.zeros(int(nearest.max()) + 1, np.int32)
+            region_of = np.zeros_like(marker_of)
+            marker_of[nearest[ys, xs]] = markers[ys, xs]
+            region_of[nearest[ys, xs]] = regions[ys, xs]
+            same = (mask > 0) & (region_of[nearest] == regions)
+            labels = np.where(same, marker_of[nearest], 0).astype(np.int32)
+            orphan = (mask > 0) & (labels == 0)  # a region with no part big enough stays whole
+            labels[orphan] = regions[orphan] + n
+    found: list[tuple[Box, U8]] = []
+    for v in np.unique(labels[labels > 0]):
+        k, parts, stats, _ = cv2.connectedComponentsWithStats((labels == v).astype(np.uint8), connectivity=8)
+        for i in range(1, k):
+            if stats[i, 4] >= MIN_AREA:
+                x, y, w, h = (int(q) for q in stats[i, :4])
+                found.append(((x, y, w, h), (parts[y:y + h, x:x + w] == i).astype(np.uint8)))
+    found.sort(key=lambda t: -int(t[1].sum()))
+    return found[:MAX_OBJECTS]
 
 
-def crop_features(grey: U8, box: Box, own: U8) -> npt.NDArray[np.float32]:
-    """HOG of the object's standardised grey levels and its silhouette, from a square crop around its box."""
+def crop_patch(bgr: U8, mask: U8, box: tuple[float, float, float, float], *, scale: float = 1.0,
+               angle: float = 0.0, shift: tuple[float, float] = (0.0, 0.0)) -> tuple[U8, U8]:
+    """The square around a box (x, y, w, h), as CROP x CROP BGR float32 and mask float32; outside the image is
+    ground (mask 0). scale/angle/shift (fractions of the side) jitter it for training."""
     x, y, w, h = box
-    g = grey[y:y + h, x:x + w].astype(np.float32)
-    px = g[own > 0]
+    side = max(w, h) * CONTEXT + 4.0
+    cx, cy = x + w / 2 + shift[0] * side, y + h / 2 + shift[1] * side
+    k = CROP / (side * scale)
+    a = cv2.getRotationMatrix2D((cx, cy), angle, k)
+    a[0, 2] += CROP / 2 - cx
+    a[1, 2] += CROP / 2 - cy
+    img = cv2.warpAffine(bgr, a, (CROP, CROP), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                         borderValue=(245, 245, 245))
+    m = cv2.warpAffine(mask * np.uint8(255), a, (CROP, CROP), flags=cv2.INTER_LINEAR,
+                       borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    return img.astype(np.float32), m.astype(np.float32) / 255.0
+
+
+def net_input(img: U8, m: U8, weights: tuple[float, float, float] = GREY_WEIGHTS,
+              invert: bool = False) -> npt.NDArray[np.float32]:
+    """(2, CROP, CROP): the grey level standardised over the object's pixels (0 elsewhere), and the mask."""
+    g = img[:, :, 0] * weights[0] + img[:, :, 1] * weights[1] + img[:, :, 2] * weights[2]
+    on = m > 0.5
+    px = g[on]
     mu, sd = (float(px.mean()), float(px.std()) + 8.0) if px.size else (0.0, 8.0)
-    norm = np.where(own > 0, (g - mu) / sd, 0.0).astype(np.float32)
-    side = max(w, h) + 2 * PAD
-    canvas = np.zeros((side, side), np.float32)
-    sil = np.zeros((side, side), np.float32)
-    ox, oy = (side - w) // 2, (side - h) // 2
-    canvas[oy:oy + h, ox:ox + w] = norm
-    sil[oy:oy + h, ox:ox + w] = own
-    small = cv2.resize(canvas, (CROP, CROP), interpolation=cv2.INTER_AREA)
-    outline = cv2.resize(sil, (CROP, CROP), interpolation=cv2.INTER_AREA)
-    grads = np.concatenate([hog(small), hog(outline)])
-    silhouette = cv2.resize(sil, (MASK_GRID, MASK_GRID), interpolation=cv2.INTER_AREA).reshape(-1)
-    aspect = np.array([math.log(max(w, 1) / max(h, 1))], np.float32)
-    return np.concatenate([grads, silhouette, aspect]).astype(np.float32)
+    norm = (g - mu) / sd * m
+    if invert:
+        norm = -norm
+    return np.stack([norm, m]).astype(np.float32)
 
 
 def prepare(image: bytes) -> tuple[U8, float, float]:
@@ -167,32 +202,44 @@ def ground_is_pale(bgr: U8, mask: U8, black: U8) -> bool:
     return float(pale.sum()) / max(1.0, float(ground.sum())) > 0.8
 
 
-def embed(bgr: U8, model: Model) -> tuple[list[Box], npt.NDArray[np.float64]]:
+def softmax(logits: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
+    z = logits.astype(np.float64)
+    z -= z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def classify(bgr: U8, model: Model) -> tuple[list[Box], npt.NDArray[np.float64]]:
+    """The objects' boxes and each one's class probabilities."""
     mask, black = object_mask(bgr)
     if not ground_is_pale(bgr, mask, black):
         raise VisionError("3d image: no pale ground (not a 3D-objects captcha)")
-    objects = find_objects(mask)
+    objects = find_objects(mask, bgr)
     if len(objects) < 2:
         raise VisionError(f"3d image: {len(objects)} object(s) found, two at least are needed")
-    grey = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
-    feats = np.stack([crop_features(grey, box, own) for box, own in objects]).astype(np.float64)
-    return [b for b, _ in objects], (feats - model.mean) @ model.projection
+    boxes = [b for b, _ in objects]
+    batch = np.stack([net_input(*crop_patch(bgr, mask, b)) for b in boxes])
+    model.net.setInput(batch)
+    return boxes, softmax(np.asarray(model.net.forward()).reshape(len(boxes), -1))
 
 
-def pair_distances(emb: npt.NDArray[np.float64]) -> list[tuple[float, int, int]]:
-    n = emb.shape[0]
-    d = np.sqrt(((emb[:, None, :] - emb[None, :, :]) ** 2).sum(-1))
-    return sorted((float(d[i, j]), i, j) for i in range(n) for j in range(i + 1, n))
+def pair_scores(probs: npt.NDArray[np.float64]) -> list[tuple[float, int, int]]:
+    """(probability the two share a class, i, j) for every pair, most likely first."""
+    same = probs @ probs.T
+    n = probs.shape[0]
+    return sorted(((float(same[i, j]), i, j) for i in range(n) for j in range(i + 1, n)), reverse=True)
 
 
-def confidence_of(pairs: list[tuple[float, int, int]], conf: tuple[float, float, float]) -> tuple[float, float, float]:
-    """(confidence, margin, best distance): the margin compares the best pair with the best pair sharing neither
-    of its objects... and with any other pair (the smaller of the two gaps, relative to the best distance)."""
+def confidence_features(pairs: list[tuple[float, int, int]]) -> tuple[float, float]:
+    """(log of the best pair's score, log of how many times the runner-up's score it is)."""
     best = pairs[0][0]
-    runner = pairs[1][0] if len(pairs) > 1 else best * 3 + 1
-    margin = math.log((runner + 1e-6) / (best + 1e-6))
-    bias, w_margin, w_best = conf
-    return clamp01(logistic(bias + w_margin * margin + w_best * best)), margin, best
+    runner = pairs[1][0] if len(pairs) > 1 else 0.0
+    return math.log(best + 1e-6), math.log((best + 1e-6) / (runner + 1e-6))
+
+
+def confidence_of(pairs: list[tuple[float, int, int]], conf: tuple[float, float, float]) -> float:
+    f_best, f_margin = confidence_features(pairs)
+    return clamp01(logistic(conf[0] + conf[1] * f_best + conf[2] * f_margin))
 
 
 def solve_3d(image: bytes, model: Model | None = None) -> ObjectsResult:
@@ -202,9 +249,9 @@ def solve_3d(image: bytes, model: Model | None = None) -> ObjectsResult:
     fewer than two objects)."""
     m = model or load_model()
     bgr, sx, sy = prepare(image)
-    boxes, emb = embed(bgr, m)
-    pairs = pair_distances(emb)
-    confidence, _, _ = confidence_of(pairs, m.conf)
+    boxes, probs = classify(bgr, m)
+    pairs = pair_scores(probs)
+    confidence = confidence_of(pairs, m.conf)
     _, i, j = pairs[0]
 
     def centre(b: Box) -> tuple[float, float]:
