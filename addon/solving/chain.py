@@ -49,12 +49,22 @@ class SolverFactory:
         self.http = http
         self._made: dict[str, tuple[tuple[str, str], Solver]] = {}
         self._local: LocalSolver | None = None
+        self._running = False
+
+    def start(self) -> None:
+        """mitmproxy runs: the local solver's workers start now (and at once for one made later), never in
+        one-shot runs such as `mitmdump --options`."""
+        self._running = True
+        if self._local is not None:
+            self._local.start()
 
     def build(self, settings: ChainSettings) -> tuple[Solver, ...]:
         out: list[Solver] = []
         for name in settings.names:
             if name == "local":
                 self._local = self._local or LocalSolver()
+                if self._running:
+                    self._local.start()
                 out.append(self._local)
                 continue
             url = settings.v1_url if name == "omocaptcha-v1" else settings.v2_url
