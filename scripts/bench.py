@@ -173,6 +173,7 @@ def expected_keys(s: Settings, sections: Sequence[str] = SECTIONS) -> list[str]:
             keys.append(f"local.n{n}.solved_share")
             keys += [f"local.n{n}.{name}_{q}" for q in ("p50", "p99") for name in ("to_event", "to_answer")]
             keys += [f"local.n{n}.looplag_max", f"local.n{n}.looplag_busy"]
+        keys += ["local.control.looplag_max", "local.control.looplag_busy"]
     if "outlets" in sections:
         keys += [f"outlets.{name}" for name in ("bus_default", "bus_streams_1", "bus_streams_10", "metrics_observe",
                                                 "dashboard")]
@@ -1176,6 +1177,9 @@ def bench_local(s: Settings, report: Report, origin: ChildOrigin, work: Path) ->
                 f"{summary['to_answer_ms']['p50']:.1f} ms, loop lag max {summary['looplag']['max_ms']:.1f} ms")
     finally:
         proxy.stop()
+    details["control"] = _local_control(origin, work, max(LOCAL_LEVELS), first_ip)
+    log(f"local control, N={max(LOCAL_LEVELS)} without the addon: loop lag max {details['control']['max_ms']:.1f} ms, "
+        f"busy {details['control']['max_busy_ms']:.1f} ms")
     report.details["local"] = details
     for n_text, summary in details["levels"].items():
         key, lbl = f"local.n{n_text}", f"local solver, N={n_text}"
@@ -1193,6 +1197,25 @@ def bench_local(s: Settings, report: Report, origin: ChildOrigin, work: Path) ->
                    *goal)
         report.add(f"{key}.looplag_busy", f"{lbl}: most CPU the loop's thread spent between two wake-ups",
                    summary["looplag"]["max_busy_ms"], "ms")
+    control = details["control"]
+    lbl = f"control: the same {control['devices']} devices' gets and images, no addon"
+    report.add("local.control.looplag_max", f"{lbl}: longest event-loop stall", control["max_ms"], "ms")
+    report.add("local.control.looplag_busy", f"{lbl}: most CPU between two wake-ups", control["max_busy_ms"], "ms")
+
+
+def _local_control(origin: ChildOrigin, work: Path, n: int, first_ip: int) -> Json:
+    """The loop's stalls under the same burst of devices through mitmdump without the addon: what the proxy itself
+    costs, which no solver can take away."""
+    looplag = work / "looplag-local-control.jsonl"
+    proxy = MitmdumpProcess([LOOPLAG_SCRIPT], origin=(origin.http_port, origin.https_port),
+                            workdir=work / "local-control", options={"flow_detail": 0, "looplag_file": str(looplag)})
+    proxy.start()
+    try:
+        t_start, t_end = asyncio.run(_burst(proxy, n, first_ip))
+        time.sleep(0.5)
+        return {"devices": n, "seconds": t_end - t_start, **_read_looplag(looplag, t_start, t_end)}
+    finally:
+        proxy.stop()
 
 
 # -- outlets: what each event costs the proxy's loop -----------------------------------------------------------------
