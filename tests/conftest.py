@@ -4,15 +4,27 @@ import base64
 import hashlib
 import json
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, NoReturn
 
 import pytest
 from cryptography.hazmat.primitives.ciphers import Cipher
 from cryptography.hazmat.primitives.ciphers.algorithms import ChaCha20
+from mitmproxy.utils import asyncio_utils
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT.parent / "shared" / "samples"
+
+
+@pytest.fixture
+async def eager_tasks() -> AsyncIterator[None]:
+    """The test's event loop with the task factory mitmproxy's master runs the proxy under (its own
+    `set_eager_task_factory`: `asyncio.eager_task_factory`): a task created there starts running inside
+    `create_task`, up to its first real wait, so state set after the call is not there yet when the task looks.
+    A module of tests whose code creates tasks in the proxy uses it: `pytestmark = usefixtures("eager_tasks")`."""
+    with asyncio_utils.set_eager_task_factory():
+        yield
 
 
 def samples_missing(path: Path) -> NoReturn:

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.conftest import seal
 from mitmproxy import exceptions
 from mitmproxy.test import taddons, tflow, tutils
 from PIL import Image, ImageDraw
@@ -19,6 +18,7 @@ from PIL import Image, ImageDraw
 from addon.mitm.capture import CaptchaCapture
 from addon.mitm.outlets import CaptchaEvents
 from addon.wiring import build_addons
+from tests.conftest import seal
 
 CDN = "p16-rc-captcha-va.ibyteimg.com"
 

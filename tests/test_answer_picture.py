@@ -5,10 +5,10 @@ import random
 
 import numpy as np
 import pytest
-from tests.conftest import sample
 from PIL import Image
 
 from addon.publish.answer_picture import LINE_COLOUR, PictureError, best_y, draw_answer
+from tests.conftest import sample
 from tests.kit import synth
 
 LABELS = {"png": ("png", 76.0), "jpeg": ("jpg", 160.0)}

@@ -19,8 +19,8 @@ from tests.kit.fake_omocaptcha import FakeOmocaptcha
 from tests.kit.origin import OriginServer
 from tests.kit.synth import generate
 
-DEVICES = 24
-PER_DEVICE = 4
+DEVICES = 16
+PER_DEVICE = 3
 ROLES = {"whirl": {"outer", "inner"}, "slide": {"background", "piece"}}
 pytestmark = pytest.mark.timeout(240)
 

@@ -3,6 +3,8 @@ acceptance from the site's own verdicts."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import json
 import socket
@@ -31,6 +33,22 @@ def with_repeats(d: Path, copies: int) -> None:
         out += [first] + [{**first, "id": hashlib.sha1(f"{first['id']}/{n}".encode()).hexdigest()}
                           for n in range(copies)]
     out += [c for c in manifest["challenges"] if c["mode"] == "3d"]
+    manifest["challenges"] = out
+    (d / "manifest.json").write_text(json.dumps(manifest))
+
+
+def with_concurrent_repeats(d: Path, sets: int, later: int) -> None:
+    """Per mode, the first `sets` challenges each served twice in a row (the second under a new id), then the first
+    one `later` more times: the same pictures on two devices at once, and again afterwards."""
+    manifest = json.loads((d / "manifest.json").read_text())
+
+    def again(c: dict[str, Any], n: int) -> dict[str, Any]:
+        return {**c, "id": hashlib.sha1(f"{c['id']}/{n}".encode()).hexdigest()}
+
+    out = []
+    for mode in ("whirl", "slide"):
+        firsts = [c for c in manifest["challenges"] if c["mode"] == mode][:sets]
+        out += [x for c in firsts for x in (c, again(c, 0))] + [again(firsts[0], n) for n in range(1, later + 1)]
     manifest["challenges"] = out
     (d / "manifest.json").write_text(json.dumps(manifest))
 
@@ -151,3 +169,54 @@ async def test_repeats_are_paid_once_and_a_rejected_answer_moves_to_the_next_sol
     assert origin_verdicts == {"pass": 4, "fail": 2}
     assert sorted((e["service"], e["cached"], e["accepted"]) for e in verified) == sorted(
         [("omocaptcha-v1", False, False), ("omocaptcha-v2", False, True), ("omocaptcha-v2", True, True)] * 2)
+
+
+async def test_concurrent_repeats_are_paid_once_and_an_accepted_answer_after_a_rejection_is_reused(
+        tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> None:
+    d = tmp_path_factory.mktemp("concurrent")
+    generate(d, seed=13, count=4)
+    with_concurrent_repeats(d, sets=4, later=3)
+    with OriginServer(d) as origin, FakeOmocaptcha(keys=(KEY,), manifests=(str(d),)) as fake, proxy(
+        origin, tmp_path, omocaptcha_key=KEY, omocaptcha_url=fake.base_url, captcha_solvers="omocaptcha",
+        captcha_poll_ms=20,
+    ) as p:
+        async with contextlib.AsyncExitStack() as stack:
+            devices = [await stack.enter_async_context(Device(f"127.0.0.{40 + n}", p.proxy_url, p.ca_path))
+                       for n in range(16)]
+            # 8 image sets (4 whirl, 4 slide), each on two devices at once: the service holds every job running
+            # until all 16 are captured, so each repeat arrives while its first is still being solved.
+            fake.control(hold=True)
+            challenges = [await dev.get_challenge("whirl" if n < 8 else "slide") for n, dev in enumerate(devices)]
+            await asyncio.gather(*(dev.fetch_images(ch) for dev, ch in zip(devices, challenges, strict=True)))
+            while (await devices[0].api("/v1/stats")).json()["captured"] < 16:
+                await asyncio.sleep(0.01)
+            fake.control(hold=False)
+            answers = [(await dev.api("/v1/answer/wait", timeout=30)).json() for dev in devices]
+            assert [a["challenge"] for a in answers] == [ch.id for ch in challenges]
+            assert all(a["event"] == "solved" for a in answers), answers
+            creates = [r for r in fake.log() if r["path"].endswith("/createJob")]
+            assert len(creates) == 8  # one per image set
+            for first, second in zip(answers[::2], answers[1::2], strict=True):
+                paid, waited = (first, second) if second.get("cached") else (second, first)
+                assert (paid.get("cached"), paid["tried"]) == (None, ["omocaptcha-v1"])
+                assert (waited["cached"], waited["cached_from"], waited["same_as"], waited["tried"],
+                        waited["answer"]) == (True, "repeat", paid["challenge"], [], paid["answer"])
+            # The first set again, one device at a time: the site rejects the cached answer, the only service is
+            # asked once more, the site accepts its answer, and the next repeat is served that one, unpaid.
+            dev = devices[0]
+            for mode in ("whirl", "slide"):
+                ch, rejected = await solve(dev, mode)
+                assert (rejected["cached_from"], rejected["tried"]) == ("cache", [])
+                assert not await dev.verify(ch, drag(rejected, 340) + 60, width=340)
+                ch, asked = await solve(dev, mode)
+                assert (asked.get("cached"), asked["tried"]) == (None, ["omocaptcha-v1"])
+                assert await dev.verify(ch, drag(asked, 340), width=340)
+                ch, reused = await solve(dev, mode)
+                assert (reused["cached_from"], reused["same_as"], reused["answer"]) == (
+                    "cache", asked["challenge"], asked["answer"])
+                assert await dev.verify(ch, drag(reused, 340), width=340)
+            stats = (await dev.api("/v1/stats")).json()
+        verdicts = origin.stats()["verified"]
+    assert len([r for r in fake.log() if r["path"].endswith("/createJob")]) == 10  # no third job for either set
+    assert stats["jobs_sent"] == 10 and stats["solved"] == 22 and stats["failed"] == {}
+    assert verdicts == {"pass": 4, "fail": 2}

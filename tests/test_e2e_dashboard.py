@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import os
 import re
 import shutil
@@ -79,6 +80,9 @@ def kit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, Path]]:
 class Browser:
     page: Page
     errors: list[str] = field(default_factory=list)
+    """Page errors and Content Security Policy refusals."""
+    console: list[str] = field(default_factory=list)
+    """Everything a user would see in the console: errors and warnings (a 404 or 401 answer is one too)."""
 
 
 @asynccontextmanager
@@ -96,13 +100,17 @@ async def browser_through(proxy_url: str) -> AsyncIterator[Browser]:
             page.on("pageerror", lambda e: out.errors.append(f"page error: {e}"))
             page.on("console", lambda m: out.errors.append(f"console: {m.text}")
                     if m.type == "error" and "Content Security Policy" in m.text else None)
+            page.on("console", lambda m: out.console.append(f"{m.type}: {m.text} ({m.location.get('url')})")
+                    if m.type in ("error", "warning") else None)
+            page.on("response", lambda r: out.console.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+            page.on("requestfailed", lambda r: out.console.append(f"failed: {r.url} {r.failure}"))
             yield out
         finally:
             await browser.close()
 
 
 def row(challenge_id: str) -> str:
-    return f'tr[data-challenge="{challenge_id}"]'
+    return f"tr[data-challenge={json.dumps(challenge_id, ensure_ascii=False)}]"
 
 
 async def challenge(device: Device, mode: str) -> Challenge:
@@ -139,7 +147,7 @@ async def assert_pictures(page: Page, device: Device, ch: Challenge, token: str 
     await picture.evaluate("img => img.decode()")
     seen = await picture.evaluate(SAMPLE_PIXELS)
     assert seen["width"] > 0 and seen["colours"] >= MIN_COLOURS and seen["std"] >= MIN_STD, seen
-    r = await device.api(f"/v1/challenges/{ch.id}/answer.png",
+    r = await device.api("/v1/challenges/answer.png", challenge=ch.id,
                          headers={"Authorization": f"Bearer {token}"} if token else {})
     assert r.status_code == 200 and r.headers["content-type"] == "image/png"
     pixels = np.asarray(Image.open(io.BytesIO(r.content)).convert("RGB"))
@@ -198,6 +206,13 @@ async def test_rows_pictures_verdicts_and_filter_live(kit: Any, tmp_path: Path) 
             for device, chs in ((a, mine[a.ip]), (b, mine[b.ip])):
                 for ch in chs:
                     await assert_pictures(page, device, ch)
+            # The older URLs, with the id in the path, serve the same files as the page's.
+            for by_path, path, query in (
+                    (f"/v1/challenges/{first.id}/answer.png", "/v1/challenges/answer.png", {"challenge": first.id}),
+                    (f"/v1/challenges/{first.id}/images/outer", "/v1/challenges/images",
+                     {"challenge": first.id, "role": "outer"})):
+                old, new = await a.api(by_path), await a.api(path, **query)
+                assert (old.status_code, new.status_code, old.content) == (200, 200, new.content), by_path
 
             # The counters at the top follow /v1/stats; the balance the service reported is shown.
             stats = (await a.api("/v1/stats")).json()
@@ -224,6 +239,7 @@ async def test_rows_pictures_verdicts_and_filter_live(kit: Any, tmp_path: Path) 
                 assert img.width >= 1000 and img.height >= 300
             assert await page.evaluate("window.__sameDocument") is True, "the page was reloaded"
             assert browser.errors == []
+            assert browser.console == []
         await a.aclose()
         await b.aclose()
 
@@ -270,3 +286,83 @@ async def test_token_prompt_refuses_a_wrong_token_then_streams_with_the_right_on
             await page.screenshot(path=str(tmp_path / "dashboard-token.png"), full_page=True)
             assert browser.errors == []
         await phone.aclose()
+
+
+# Client names and challenge ids come from the traffic: markup, any length, and path segments a browser collapses.
+HOSTILE_NAME = '<img src=x onerror="window.__pwned=1"><b>bold</b> &amp; <script>window.__pwned=2</script>'
+LONG_NAME = "device-" + "0123456789" * 499 + "end"
+NASTY_IDS = {("whirl", 0): "..", ("slide", 0): ".", ("whirl", 1): "a/../b?c=1&role=x#frag %2e%2E+/"}
+MAX_ROW_PX = 200  # a row with its thumbnails and drawn answer is about 100 px; a wrapped long name thousands
+
+
+@pytest.fixture(scope="module")
+def nasty_kit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, Path]]:
+    """The origin hands out the first whirl as `..`, the first slide as `.`, the second whirl with a path inside."""
+    d = tmp_path_factory.mktemp("nasty")
+    generate(d, seed=67, count=2)
+    manifest = json.loads((d / "manifest.json").read_text())
+    seen: dict[str, int] = {}
+    for c in manifest["challenges"]:
+        n = seen[c["mode"]] = seen.get(c["mode"], -1) + 1
+        c["id"] = NASTY_IDS.get((c["mode"], n), c["id"])
+    (d / "manifest.json").write_text(json.dumps(manifest))
+    with OriginServer(d) as origin:
+        yield origin, d
+
+
+async def test_hostile_names_and_ids_are_plain_text_clipped_and_reach_the_server_whole(
+        nasty_kit: Any, tmp_path: Path) -> None:
+    origin, d = nasty_kit
+    with FakeOmocaptcha(keys=(KEY,), manifests=(str(d),)) as fake, proxy(
+        origin, tmp_path, omocaptcha_key=KEY, omocaptcha_url=fake.base_url, captcha_solvers="omocaptcha",
+        captcha_poll_ms=50, captcha_client_key="header:X-Device-Id",
+    ) as p:
+        long = Device("127.0.0.5", p.proxy_url, p.ca_path, device_header="X-Device-Id", device_id=LONG_NAME)
+        hostile = Device("127.0.0.6", p.proxy_url, p.ca_path, device_header="X-Device-Id", device_id=HOSTILE_NAME)
+        plain = Device("127.0.0.7", p.proxy_url, p.ca_path)
+        async with browser_through(p.proxy_url) as browser:
+            page = browser.page
+            await page.goto(PAGE)
+            await page.wait_for_selector('#conn[data-state="live"]')
+            done: dict[str, tuple[Device, Challenge]] = {}
+            for device, mode in ((long, "whirl"), (hostile, "slide"), (plain, "whirl"), (plain, "slide")):
+                ch = await challenge(device, mode)
+                await answer_of(device, ch)
+                done[ch.id] = (device, ch)
+            assert set(NASTY_IDS.values()) <= set(done), sorted(done)
+            for device, ch in done.values():
+                await page.wait_for_selector(f'{row(ch.id)}[data-status="solved"]')
+                await assert_pictures(page, device, ch)
+
+            # A 5,000-character name: one clipped line with an ellipsis, the whole name on hover; the row stays as
+            # small as the others and the page as wide as the window.
+            name = page.locator(f'{row("..")} td.client .text')
+            assert await name.text_content() == LONG_NAME
+            assert await name.get_attribute("title") == LONG_NAME
+            heights = [(await page.locator(row(i)).bounding_box() or {"height": 1e9})["height"] for i in done]
+            assert max(heights) < MAX_ROW_PX, heights
+            assert await page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+            clipped = await name.evaluate("e => [e.scrollWidth > e.clientWidth, getComputedStyle(e).textOverflow]")
+            assert clipped == [True, "ellipsis"], clipped
+
+            # Markup in a name is text: the same characters, no element made of it, no script run from it.
+            name = page.locator(f'{row(".")} td.client .text')
+            assert await name.text_content() == HOSTILE_NAME
+            assert await name.get_attribute("title") == HOSTILE_NAME
+            assert await name.evaluate("e => e.childElementCount") == 0
+            await page.fill("#client-filter", HOSTILE_NAME)
+            await expect(page.locator("#rows tr:visible")).to_have_count(1)
+            await expect(page.locator("#stats-scope")).to_have_text("client " + HOSTILE_NAME)
+            assert await page.locator("#stats-scope").evaluate("e => e.childElementCount") == 0
+            await page.fill("#client-filter", "")
+            made = await page.evaluate("""() => ({
+              pwned: window.__pwned === undefined ? null : window.__pwned,
+              bold: document.querySelectorAll("b, script:not([src])").length,
+              strayImages: document.querySelectorAll("img:not(.thumb):not(.answer)").length,
+            })""")
+            assert made == {"pwned": None, "bold": 0, "strayImages": 0}, made
+
+            # A clean console from the first load on: no error, no warning, no answer of 400 or more (the favicon).
+            assert browser.errors == [] and browser.console == [], browser.console
+        for device in (long, hostile, plain):
+            await device.aclose()

@@ -17,7 +17,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
@@ -82,12 +82,21 @@ class Rig:
     kit: Kit
     redis: RedisServer
     nodes: list[Node]
+    marks: dict[str, int] = field(default_factory=dict)
+    """Per proxy, how much of its log the tests before this one have looked at (a proxy's log only grows)."""
 
     def revive(self) -> None:
         dead = [n.proxy for n in self.nodes if not n.proxy.running]
         for proxy in dead:
             proxy.stop()
         start_all(dead)
+
+    def assert_no_redis_failure(self) -> None:
+        """With Redis up the whole test, no proxy said a word about the fleet's link: no "Redis ... failed" (false or
+        not), no "is back", no internal error, no lost claim. Proxy start-up counts, for the first test."""
+        for node in self.nodes:
+            lines = [line for line in node.log_lines(self.marks.get(node.name, 0)) if "captcha fleet" in line]
+            assert lines == [], (node.name, lines)
 
 
 def options(kit: Kit, directory: Path, redis_url: str) -> dict[str, Any]:
@@ -136,10 +145,11 @@ def rig(kit: Kit, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
 
 
 @pytest.fixture
-def fleet(rig: Rig) -> Rig:
+def fleet(rig: Rig) -> Iterator[Rig]:
     rig.revive()
     rig.kit.fake.control(solve_seconds=0)
-    return rig
+    yield rig
+    rig.marks = {n.name: len(n.proxy.log_text()) for n in rig.nodes}
 
 
 # -- helpers -------------------------------------------------------------------------------------------------------
@@ -271,6 +281,7 @@ async def test_every_event_of_every_proxy_is_in_the_stream_once_in_order(fleet: 
         assert (await r.xpending(STREAM, group))["pending"] == 0
     finally:
         await r.aclose()
+    fleet.assert_no_redis_failure()
 
 
 # -- 2. answers for a device on another proxy ----------------------------------------------------------------------
@@ -324,6 +335,8 @@ async def test_any_proxy_answers_for_a_device_on_another(fleet: Rig) -> None:
     finally:
         await close([device, watcher, *apis])
         await r.aclose()
+    # The long poll for a device on another proxy started A's stream reader (its first cross-proxy poll).
+    fleet.assert_no_redis_failure()
 
 
 # -- 4. Redis killed and restarted mid-run -----------------------------------------------------------------------------
@@ -452,6 +465,7 @@ async def test_an_image_set_is_paid_once_and_taken_over_when_its_owner_dies(flee
         assert got["result"] == str(round(truth[ch_y2.id]["gap_x"] * 340 / 552))
         assert len(kit.paid_jobs()) == 3
         assert not c.proxy.running
+        fleet.assert_no_redis_failure()  # C's log too, up to its death: a long solve renews its claim quietly
     finally:
         await close([x, y, x2, y2])
         await r.aclose()

@@ -73,6 +73,14 @@ def test_solved() -> None:
     assert stamped(local) == {**ENVELOPE, "event": "solved", "kind": "rotate", "service": "local", "job_id": None,
                               "result": "90", "answer": {"value": 67.75, "fraction": 0.25, "angle": 90.0},
                               "elapsed_ms": 5, "confidence": 0.1235, "tried": ["local"], "cached": True}
+    repeat = ev.Solved(client="k", challenge="c2", kind="rotate", service="omocaptcha-v1", job_id=None, result="90",
+                       answer=RotateAnswer.from_angle(90), elapsed_ms=7, cached=True, cached_from="repeat",
+                       same_as="c1")
+    assert {k: stamped(repeat)[k] for k in ("cached", "cached_from", "same_as", "tried")} == {
+        "cached": True, "cached_from": "repeat", "same_as": "c1", "tried": []}
+    fleet = stamped(ev.Solved(client="k", challenge="c3", kind="rotate", service="s", job_id=None, result="90",
+                              answer=RotateAnswer.from_angle(90), elapsed_ms=7, cached=True, cached_from="fleet"))
+    assert (fleet["cached_from"], "same_as" in fleet) == ("fleet", False)
 
 
 def test_failed() -> None:

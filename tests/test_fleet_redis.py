@@ -1,4 +1,7 @@
-"""Fleet mode's Redis parts against real redis-server processes (tests/kit/redis_server.py starts them)."""
+"""Fleet mode's Redis parts against real redis-server processes (tests/kit/redis_server.py starts them).
+
+Every test runs under the task factory the proxy runs under (mitmproxy's eager one, the `eager_tasks` fixture):
+a part that starts a task before its state is set fails here as it would in the proxy."""
 
 from __future__ import annotations
 
@@ -14,8 +17,11 @@ from typing import Any, cast
 
 import pytest
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import DataError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from addon.fleet import FleetKeys, connect, hash_tag, probe, redact_url, scrub, validate_url
+from addon.fleet import FleetKeys, LinkState, connect, hash_tag, probe, redact_url, redis_failure, scrub, validate_url
 from addon.fleet.heartbeat import Heartbeat
 from addon.fleet.reader import FleetReader
 from addon.fleet.shared import FleetSolveCoordinator, image_set_key, solve_shared
@@ -24,6 +30,7 @@ from scripts.fleet_consumer import Consumer, ensure_group
 from tests.kit.redis_server import RedisServer, RedisServers, redis_servers_fixture
 
 STREAM = "captcha:events"
+pytestmark = pytest.mark.usefixtures("eager_tasks")
 
 
 @pytest.fixture
@@ -495,6 +502,59 @@ async def test_solve_shared_solves_once_and_takes_over_from_a_dead_owner(redis_s
         await r.aclose()
 
 
+class CountingRenewals(FleetSolveCoordinator):
+    """A coordinator that tells the test each time it renewed a claim."""
+
+    def __init__(self, redis: aioredis.Redis, stream: str, enough: int):
+        super().__init__(redis, stream)
+        self.renewals = 0
+        self.enough = enough
+        self.renewed_enough = asyncio.Event()
+
+    async def renew(self, image_key: str, owner: str, ttl: float) -> bool:
+        held = await super().renew(image_key, owner, ttl)
+        self.renewals += held
+        if self.renewals >= self.enough:
+            self.renewed_enough.set()
+        return held
+
+
+async def test_a_solve_longer_than_its_claims_ttl_is_not_taken_over(
+        redis_servers: RedisServers, caplog: pytest.LogCaptureFixture) -> None:
+    srv = redis_servers.start()
+    ttl = 0.3
+    # Renewed every ttl / 3: the sixth renewal comes two whole TTLs after the claim, so a claim that were not
+    # renewed would have run out twice over by the time A's solve ends.
+    a = CountingRenewals(connect(srv.url), STREAM, enough=6)
+    b = FleetSolveCoordinator(connect(srv.url), STREAM)
+    calls: list[str] = []
+    b_solving = asyncio.Event()
+
+    async def a_solves() -> str:
+        calls.append("A")
+        waits = [asyncio.ensure_future(a.renewed_enough.wait()), asyncio.ensure_future(b_solving.wait())]
+        _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        for waiting in pending:
+            waiting.cancel()
+        return '{"by": "A"}'
+
+    async def b_solves() -> str:
+        calls.append("B")  # B took the image set over from a live owner: a second paid job
+        b_solving.set()
+        return '{"by": "B"}'
+
+    async with asyncio.timeout(20):
+        one = asyncio.create_task(solve_shared(a, "long", "A", 30, a_solves, claim_ttl=ttl))
+        await until(lambda: calls == ["A"], "A to start solving")
+        two = asyncio.create_task(solve_shared(b, "long", "B", 30, b_solves, claim_ttl=ttl))
+        assert await one == ('{"by": "A"}', True)
+        assert await two == ('{"by": "A"}', False)
+    assert calls == ["A"] and a.renewals >= 6
+    assert not [r for r in caplog.records if "lost the claim" in r.getMessage()]
+    await a.redis.aclose()
+    await b.redis.aclose()
+
+
 async def test_paid_slots_are_capped_across_three_owners(redis_servers: RedisServers) -> None:
     srv = redis_servers.start()
     clients = [connect(srv.url) for _ in range(3)]
@@ -547,3 +607,116 @@ async def test_shared_solving_fails_open_when_redis_is_down(redis_servers: Redis
     await client.aclose()
 
 
+
+
+# -- a healthy fleet under the proxy's task factory, and bugs of ours told from Redis failing ----------------------
+
+
+def fleet_records(caplog: pytest.LogCaptureFixture, level: int = logging.WARNING) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name.startswith("addon.fleet") and r.levelno >= level]
+
+
+async def test_every_part_starts_under_the_eager_task_factory_without_a_false_outage(
+        redis_servers: RedisServers, caplog: pytest.LogCaptureFixture) -> None:
+    assert asyncio.get_running_loop().get_task_factory() is asyncio.eager_task_factory  # as in mitmdump
+    caplog.set_level(logging.INFO, logger="addon.fleet")
+    srv = redis_servers.start(password="pw-eager")
+    stream = await started(srv)
+    went_down: list[bool] = []
+    stream.link.on_down.append(lambda: went_down.append(True))
+    beat = Heartbeat(srv.url, "runE", lambda: {"captured": 1}, stream=STREAM, interval=10, link=stream.link)
+    beat.start()
+    reader = FleetReader(srv.url, STREAM, link=stream.link)
+    fleet = FleetSolveCoordinator(connect(srv.url), STREAM, url=srv.url, link=stream.link)
+
+    # The first long poll starts the follower (its task runs inside its constructor here), then wakes on an entry.
+    waiting = asyncio.create_task(reader.wait_final("dev-e", timeout=5))
+    await until(lambda: reader.waiting == 1, "the long poll to register")
+    stream.publish(event("runE", 1, "captured", client="dev-e", challenge="E"))
+    stream.publish(event("runE", 2, "solved", client="dev-e", challenge="E"))
+    got = await waiting
+    assert got is not None and got["seq"] == 2
+    await until(lambda: beat.beats >= 1, "the first heartbeat")
+    release = asyncio.Event()
+
+    async def solve() -> str:
+        await release.wait()
+        return '{"angle": 1}'
+
+    solving = asyncio.create_task(solve_shared(fleet, "eager-set", "E", 5, solve, claim_ttl=5))
+    await until(lambda: fleet.redis.exists(fleet.keys.claim("eager-set")), "the claim")
+    release.set()
+    assert await solving == ('{"angle": 1}', True)
+
+    await beat.stop()
+    await reader.close()
+    await stream.stop()
+    await fleet.redis.aclose()
+    assert fleet_records(caplog, logging.INFO) == [], [r.getMessage() for r in fleet_records(caplog, logging.INFO)]
+    assert (went_down, stream.link.internal_errors) == ([], 0)
+
+
+def test_redis_failures_are_told_by_exception_type() -> None:
+    for failure in (RedisConnectionError("Connection closed by server."), RedisTimeoutError("Timeout reading"),
+                    ResponseError("OOM command not allowed"), ConnectionRefusedError(111, "refused"),
+                    TimeoutError()):
+        assert redis_failure(failure), failure
+    # A bug of ours, whatever its text says: never "Redis is down".
+    for bug in (AttributeError("'_Follower' object has no attribute 'last_id'"), TypeError("Connection refused"),
+                KeyError("x"), DataError("Invalid input of type: 'NoneType'"), ValueError("Error 111 ")):
+        assert not redis_failure(bug), bug
+
+
+async def test_a_bug_in_a_redis_part_is_an_internal_error_not_an_outage(
+        redis_servers: RedisServers, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="addon.fleet")
+    srv = redis_servers.start(password="pw-bug-7")
+    link = LinkState(logging.getLogger("addon.fleet.test"), srv.url, "")
+    went_down: list[bool] = []
+    link.on_down.append(lambda: went_down.append(True))
+
+    def broken_counters() -> dict[str, Any]:
+        raise TypeError(f"a counter that cannot be read (pw-bug-7 in {srv.url})")
+
+    beat = Heartbeat(srv.url, "runB", broken_counters, stream=STREAM, link=link)
+    assert not await beat.beat()
+    assert not await beat.beat()  # the part retries; the second line waits out the rate limit
+    assert (link.down, went_down, link.internal_errors) == (False, [], 2)
+    errors = fleet_records(caplog, logging.ERROR)
+    assert len(errors) == 1 and fleet_records(caplog) == errors
+    text = errors[0].getMessage()
+    assert "internal error" in text and "TypeError" in text and "Traceback" in text and "broken_counters" in text
+    assert "pw-bug-7" not in text and "Redis at" in text and "is down" not in text
+
+    # Redis failing is still an outage, one line, and the link comes back.
+    srv.kill()
+    healthy = Heartbeat(srv.url, "runB", lambda: {"captured": 1}, stream=STREAM, link=link)
+    assert not await healthy.beat()
+    assert link.down and went_down == [True]
+    warnings = [r for r in fleet_records(caplog) if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "refused the connection" in warnings[0].getMessage()
+    await beat.stop()
+    await healthy.stop()
+
+
+async def test_the_apis_view_of_the_fleet_says_unreachable_for_redis_failures_only() -> None:
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from addon.fleet.reader import FleetAnswers
+    from addon.publish.remote import AnswersUnreachable
+
+    class Reader:
+        def __init__(self, error: BaseException) -> None:
+            self.error = error
+
+        async def latest_final(self, *args: Any) -> None:
+            raise self.error
+
+        wait_final = newest_events = fleet_stats = latest_final
+
+    gone = FleetAnswers(Reader(RedisConnectionError("gone")))  # type: ignore[arg-type]
+    for call in (gone.latest_final("c"), gone.wait_final("c", 1.0), gone.newest_events(5, "c"), gone.fleet_stats()):
+        with pytest.raises(AnswersUnreachable):
+            await call
+    with pytest.raises(AttributeError):  # a bug of ours stays a bug, not "the fleet is down"
+        await FleetAnswers(Reader(AttributeError("x"))).latest_final("c")  # type: ignore[arg-type]

@@ -401,9 +401,9 @@ class Fleet:
     def _check(self, *call: Any) -> None:
         self.calls.append(call)
         if self.down:
-            from redis.exceptions import ConnectionError as RedisConnectionError
+            from addon.publish.remote import AnswersUnreachable
 
-            raise RedisConnectionError("gone")
+            raise AnswersUnreachable("gone")
 
     async def latest_final(self, client: str) -> dict[str, Any] | None:
         self._check("latest_final", client)

@@ -5,11 +5,11 @@ import struct
 import zlib
 
 import pytest
-from tests.conftest import sample
 from PIL import Image
 
 from addon.capture import images
 from addon.capture.images import BadImage, Role
+from tests.conftest import sample
 
 
 def encode(img: Image.Image, fmt: str, **kw: object) -> bytes:

@@ -375,3 +375,27 @@ def test_resolve_key_order(tmp_path: Path) -> None:
         resolve_key("k", path, env)
     with pytest.raises(exceptions.OptionsError, match="no such file"):
         resolve_key("", str(tmp_path / "gone"), env)
+
+
+def test_docs_options_table_is_written_from_the_declarations() -> None:
+    from scripts import options_table
+
+    assert options_table.main(["--check"]) == 0, "run: uv run python -m scripts.options_table"
+
+
+def test_every_declared_option_is_registered_once_by_its_addon() -> None:
+    import re
+
+    from addon.mitm.option_table import OPTIONS
+    from addon.wiring import build_addons
+
+    with taddons.context(*build_addons()) as tctx:
+        registered = {name for name in tctx.options.keys()  # noqa: SIM118 (no __iter__)
+                      if name.startswith(options.PREFIXES)}
+        defaults = {name: tctx.options.default(name) for name in registered}
+    assert registered == {o.name for o in OPTIONS}
+    assert len(OPTIONS) == len(registered)
+    assert all(defaults[o.name] == o.default for o in OPTIONS)
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    named = set(re.findall(r"`((?:captcha|omocaptcha)_[a-z0-9_]+)`", readme))
+    assert named <= registered, named - registered

@@ -3,7 +3,6 @@ from __future__ import annotations
 import json
 
 import pytest
-from tests.conftest import seal
 
 from addon.capture import edata
 from addon.capture.images import Role
@@ -15,6 +14,7 @@ from addon.capture.recognise import (
     parse_verify_response,
     url_key,
 )
+from tests.conftest import seal
 
 OUTER = "https://p16-rc-captcha-va.ibyteimg.com/tos-maliva-i-b4yrtqhy5a-us/aa~tplv-b4yrtqhy5a-1.png"
 INNER = "https://p16-rc-captcha-va.ibyteimg.com/tos-maliva-i-b4yrtqhy5a-us/bb~tplv-b4yrtqhy5a-1.png"

@@ -20,6 +20,8 @@ from addon.publish.bus import EventBus
 from addon.solving.base import Job, RotateAnswer, Solution, SolveFailure
 from addon.solving.scheduler import Scheduler, SchedulerConfig
 
+pytestmark = pytest.mark.usefixtures("eager_tasks")  # the task factory the proxy runs under
+
 
 def captured(cid: str, client: str = "c1", picture: str = "p1") -> Captured:
     def part(role: Role, size: int) -> ImagePart:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -15,6 +15,7 @@ import pytest
 from addon.capture.assemble import Captured, ImagePart
 from addon.capture.images import BadImage, ImageInfo, Role
 from addon.capture.recognise import Kind
+from addon.fleet.shared import solve_shared
 from addon.publish.bus import EventBus
 from addon.solving import scheduler as scheduler_module
 from addon.solving.base import Job, RotateAnswer, SlideAnswer, Solution, SolveFailure
@@ -927,6 +928,10 @@ class FakeFleet:
         self.claims.pop(key, None)
         if answer is not None:
             self.answers[key] = answer
+
+    async def solve_once(self, key: str, owner: str, timeout: float,
+                         solve: Callable[[], Awaitable[str | None]]) -> tuple[str | None, bool]:
+        return await solve_shared(self, key, owner, timeout, solve)  # type: ignore[arg-type]
 
     async def drop_answer(self, key: str) -> None:
         self.calls.append(("drop", key))

@@ -10,11 +10,11 @@ import zlib
 
 import numpy as np
 import pytest
-from tests.conftest import sample
 from PIL import Image
 
 from addon.solving.vision import VisionError, VisionResult, solve_rotate, solve_slide
 from scripts import eval_local, evalset
+from tests.conftest import sample
 from tests.kit import synth
 
 LOW = 0.2

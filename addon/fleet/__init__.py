@@ -37,9 +37,12 @@ Times that several proxies compare (leases, heartbeats) come from Redis's own cl
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import re
-from collections.abc import Callable
+import socket
+import time
+import traceback
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
@@ -47,12 +50,21 @@ import redis.asyncio as aioredis
 from redis.asyncio.connection import URL_QUERY_ARGUMENT_PARSERS
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import AuthenticationError, ResponseError
+from redis.exceptions import (
+    AuthenticationError,
+    AuthenticationWrongNumberOfArgsError,
+    AuthorizationError,
+    BusyLoadingError,
+    InvalidResponse,
+    NoPermissionError,
+    ResponseError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 __all__ = [
     "DEFAULT_STREAM",
+    "REDIS_FAILURES",
     "FleetKeys",
     "LinkState",
     "connect",
@@ -60,9 +72,12 @@ __all__ = [
     "hash_tag",
     "probe",
     "redact_url",
+    "redis_failure",
     "scrub",
     "validate_url",
 ]
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_STREAM = "captcha:events"
 SCHEMES = ("redis", "rediss", "unix")
@@ -178,35 +193,67 @@ def connect(url: str, *, socket_timeout: float = 10.0, connect_timeout: float = 
     return client
 
 
-_UNKNOWN_HOST = re.compile(r"Name or service not known|nodename nor servname|Temporary failure in name resolution|"
-                           r"No address associated|getaddrinfo failed|Error -[235] ", re.IGNORECASE)
+REDIS_FAILURES: tuple[type[BaseException], ...] = (
+    RedisConnectionError,  # refused, unknown host, closed, auth (AuthenticationError), loading (BusyLoadingError)
+    RedisTimeoutError,
+    ResponseError,  # the server refused the command: OOM, READONLY, NOPERM, WRONGTYPE, cluster redirects, ...
+    InvalidResponse,  # something that does not speak RESP answered
+    OSError,  # a socket error redis-py let through; TimeoutError (asyncio's too) is one
+)
+"""What counts as Redis failing, by exception type. Anything else raised while talking to Redis (AttributeError,
+TypeError, redis-py's DataError for an argument we built wrong, ...) is a bug of ours, never "Redis is down"."""
 
 
-_REFUSED = re.compile(r"refused|Error 111 |Connect call failed", re.IGNORECASE)
-_CLOSED = re.compile(r"Connection closed|reset by peer|Error 104 |Broken pipe", re.IGNORECASE)
+def redis_failure(exc: BaseException) -> bool:
+    """True when `exc` says Redis (or the way to it) failed, False for a bug in our code (see `REDIS_FAILURES`)."""
+    return isinstance(exc, REDIS_FAILURES)
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """`exc` and what it was raised from or while handling: redis-py wraps the socket's OSError in its own
+    ConnectionError, whose context keeps the original (gaierror, ConnectionRefusedError, ...)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
 
 
 def describe_error(exc: BaseException, url: str) -> str:
-    """One clear, password-free line on why Redis at `url` did not answer."""
+    """One clear, password-free line on why Redis at `url` did not answer, chosen by the exception's type (and the
+    types it was raised from), never by its text, which only follows as the detail."""
     text = scrub(f"{exc}", url)
     where = redact_url(url)
     try:
         host = urlsplit(url).hostname or "?"
     except ValueError:
         host = "?"
-    upper = text.upper()
-    if isinstance(exc, AuthenticationError) or (
-        isinstance(exc, ResponseError) and ("WRONGPASS" in upper or "NOAUTH" in upper or "INVALID PASSWORD" in upper)
-    ):
+    chain = list(_causes(exc))
+
+    def caused_by(*kinds: type[BaseException]) -> bool:
+        return any(isinstance(e, kinds) for e in chain)
+
+    if isinstance(exc, AuthenticationError | AuthenticationWrongNumberOfArgsError):
         return f"Redis at {where} refused the credentials (wrong password or user): {text}"
-    if isinstance(exc, RedisConnectionError | OSError) and _UNKNOWN_HOST.search(text):
+    if isinstance(exc, AuthorizationError | NoPermissionError):
+        return f"Redis at {where} does not let this user run a command the fleet needs (ACL): {text}"
+    if isinstance(exc, BusyLoadingError):
+        return f"Redis at {where} is loading its data set (restarting?)"
+    if caused_by(socket.gaierror):
         return f"Redis host {host!r} is unknown (name does not resolve): {where}"
-    if isinstance(exc, RedisConnectionError | OSError) and _REFUSED.search(text):
+    if caused_by(ConnectionRefusedError):
         return f"Redis at {where} refused the connection (is redis-server running there?)"
-    if isinstance(exc, RedisConnectionError | OSError) and _CLOSED.search(text):
-        return f"Redis at {where} closed the connection (restarting?)"
-    if isinstance(exc, RedisTimeoutError | TimeoutError):
+    if caused_by(RedisTimeoutError, TimeoutError):
         return f"Redis at {where} did not answer in time"
+    if caused_by(ConnectionResetError, BrokenPipeError, ConnectionAbortedError, asyncio.IncompleteReadError):
+        return f"Redis at {where} closed the connection (restarting?)"
+    if isinstance(exc, RedisConnectionError):
+        return f"Redis at {where} closed or lost the connection (restarting?): {text}"
+    if isinstance(exc, ResponseError):
+        return f"Redis at {where} refused a command: {text}"
+    if isinstance(exc, OSError):
+        return f"Redis at {where}: network error: {type(exc).__name__}: {text}"
     return f"Redis at {where}: {type(exc).__name__}: {text}"
 
 
@@ -221,7 +268,11 @@ async def probe(url: str) -> str | None:
         await client.ping()
         return None
     except Exception as e:
-        return describe_error(e, url)
+        if redis_failure(e):
+            return describe_error(e, url)
+        logger.error("captcha fleet: internal error while checking Redis at %s (a bug, not Redis failing): %s",
+                     redact_url(url), scrub("".join(traceback.format_exception(e)).rstrip(), url))
+        return None
     finally:
         await client.aclose()
 
@@ -290,6 +341,10 @@ class FleetKeys:
         return f"{self.prefix}paid:free"
 
 
+INTERNAL_ERROR_LOG_EVERY_S = 60.0
+"""At most one internal-error line (with traceback) per link this often; the count of the others follows."""
+
+
 class LinkState:
     """Up/down bookkeeping for one link to Redis: one warning when it goes, one info line when it is back.
 
@@ -306,14 +361,41 @@ class LinkState:
         self.last_error: str | None = None
         self.on_down: list[Callable[[], None]] = []
         """Called (on the event loop) when the link goes down: the stream wakes up to ping for the way back."""
+        self.internal_errors = 0
+        """Errors of our own code met while talking to Redis (see `failed`)."""
+        self._internal_logged_at: float | None = None
+        self._internal_reported = 0
 
-    def failed(self, exc: BaseException, detail: str = "") -> None:
+    def failed(self, exc: BaseException, detail: str = "") -> bool:
+        """A call to Redis raised `exc`. True when that is Redis failing (the link goes down, logged once per
+        outage); False when it is a bug of ours, logged as one (with its traceback, at most one a minute) while
+        the link keeps its state: Redis is not reported down for it."""
+        if not redis_failure(exc):
+            self.internal_error(exc)
+            return False
         self.last_error = describe_error(exc, self._url)
         if not self.down:
             self.down = True
             self._logger.warning("captcha fleet: %s%s%s", self._what, self.last_error, self.summary or detail)
             for listener in self.on_down:
                 listener()
+        return True
+
+    def internal_error(self, exc: BaseException) -> None:
+        """An error of our own code in a Redis part: ERROR with the traceback, rate-limited (the part retries)."""
+        self.internal_errors += 1
+        now = time.monotonic()
+        if self._internal_logged_at is not None and now - self._internal_logged_at < INTERNAL_ERROR_LOG_EVERY_S:
+            return
+        self._internal_logged_at = now
+        more = self.internal_errors - self._internal_reported
+        self._internal_reported = self.internal_errors
+        tail = f" ({more - 1} more since the last such line)" if more > 1 else ""
+        # The traceback goes through `scrub` as well: an exception's text may quote the URL, password and all.
+        trace = scrub("".join(traceback.format_exception(exc)).rstrip(), self._url)
+        self._logger.error("captcha fleet: %sinternal error talking to Redis at %s (a bug, not Redis failing; "
+                           "the link is not marked down)%s: %s: %s\n%s", self._what, redact_url(self._url), tail,
+                           type(exc).__name__, scrub(str(exc), self._url), trace)
 
     def down_at_start(self, message: str) -> None:
         """The start-up probe found Redis unusable and has logged `message` itself: the link counts as down (no

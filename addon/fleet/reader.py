@@ -36,9 +36,10 @@ from typing import Any, cast
 
 import redis.asyncio as aioredis
 
-from addon.fleet import DEFAULT_STREAM, FleetKeys, LinkState, connect
+from addon.fleet import DEFAULT_STREAM, REDIS_FAILURES, FleetKeys, LinkState, connect
 from addon.fleet.heartbeat import add_flat
 from addon.fleet.stream import BACKOFF_CAP_S, FINALS_KEPT
+from addon.publish.remote import AnswersUnreachable
 
 logger = logging.getLogger(__name__)
 
@@ -96,8 +97,10 @@ class _Follower:
         self._failing = False
         self.waiters: dict[str, set[asyncio.Event]] = {}
         self._ready = asyncio.Event()
-        self._task = asyncio.create_task(self._run(), name=f"captcha-fleet-follow:{stream}")
         self.last_id: str | None = None
+        # Last: mitmproxy runs the loop with an eager task factory, so `_run` starts inside this call and reads
+        # everything above before the constructor returns.
+        self._task = asyncio.create_task(self._run(), name=f"captcha-fleet-follow:{stream}")
 
     async def ready(self, timeout: float) -> bool:
         with contextlib.suppress(TimeoutError):
@@ -136,8 +139,9 @@ class _Follower:
             except asyncio.CancelledError:
                 raise
             except Exception as e:
-                self._link.failed(e, "; long polls of other proxies' clients wait for it")
-                self._failing = True
+                # A bug of ours is logged as one and leaves the link up; the loop backs off and retries either way.
+                if self._link.failed(e, "; long polls of other proxies' clients wait for it"):
+                    self._failing = True
                 delay = min(BACKOFF_CAP_S, max(0.05, delay * 2))
                 await asyncio.sleep(delay)
                 continue
@@ -313,6 +317,38 @@ class FleetReader:
         total["proxies"] = len(live)
         total["runs"] = sorted(live)
         return total
+
+
+class FleetAnswers:
+    """The HTTP API's seam for other proxies' answers (``addon/publish/remote.py``) over a ``FleetReader``: the
+    reader's Redis and socket errors become ``AnswersUnreachable``, so the API never handles Redis' own types."""
+
+    def __init__(self, reader: FleetReader):
+        self.reader = reader
+
+    async def latest_final(self, client: str) -> Event | None:
+        try:
+            return await self.reader.latest_final(client)
+        except REDIS_FAILURES as e:
+            raise AnswersUnreachable(str(e)) from e
+
+    async def wait_final(self, client: str, timeout: float, after: str | int | None = None) -> Event | None:
+        try:
+            return await self.reader.wait_final(client, timeout, after)
+        except REDIS_FAILURES as e:
+            raise AnswersUnreachable(str(e)) from e
+
+    async def newest_events(self, limit: int = 50, client: str | None = None) -> list[Event]:
+        try:
+            return await self.reader.newest_events(limit, client)
+        except REDIS_FAILURES as e:
+            raise AnswersUnreachable(str(e)) from e
+
+    async def fleet_stats(self, window_s: float = 60.0) -> dict[str, Any]:
+        try:
+            return await self.reader.fleet_stats(window_s)
+        except REDIS_FAILURES as e:
+            raise AnswersUnreachable(str(e)) from e
 
 
 def _text(value: bytes | str | None) -> str | None:

@@ -161,6 +161,7 @@ class FleetSolveCoordinator:
             self._link.ok()
 
     def _failed(self, e: BaseException) -> None:
+        """Fails open either way; `LinkState.failed` tells Redis failing (the link goes down) from a bug of ours."""
         self._link.failed(e, "; solving without the fleet (claims and paid slots granted locally)")
 
     # -- one solve per image set ---------------------------------------------------------------------------------
@@ -169,7 +170,7 @@ class FleetSolveCoordinator:
         try:
             got = await self._claim(keys=[self.keys.claim(image_key), self.keys.answer(image_key)],
                                     args=[owner, _ms(ttl)])
-        except (aioredis.RedisError, OSError) as e:
+        except Exception as e:  # classified by `_failed`
             self._failed(e)
             return True
         self._ok()
@@ -181,7 +182,7 @@ class FleetSolveCoordinator:
         try:
             reply = await self._claim_or_answer(keys=[self.keys.claim(image_key), self.keys.answer(image_key)],
                                                 args=[owner, _ms(ttl)])
-        except (aioredis.RedisError, OSError) as e:
+        except Exception as e:  # classified by `_failed`
             self._failed(e)
             return True, None
         self._ok()
@@ -195,7 +196,7 @@ class FleetSolveCoordinator:
         try:
             return bool(await self._finish(keys=[self.keys.claim(image_key), self.keys.answer(image_key)],
                                            args=[owner, answer_json or "", _ms(ttl)]))
-        except (aioredis.RedisError, OSError) as e:
+        except Exception as e:  # classified by `_failed`
             self._failed(e)
             return False
 
@@ -203,7 +204,7 @@ class FleetSolveCoordinator:
         """True while the claim is still `owner`'s (its expiry pushed to `ttl` from now)."""
         try:
             return bool(await self._renew(keys=[self.keys.claim(image_key)], args=[owner, _ms(ttl)]))
-        except (aioredis.RedisError, OSError) as e:
+        except Exception as e:  # classified by `_failed`
             self._failed(e)
             return True
 
@@ -212,7 +213,7 @@ class FleetSolveCoordinator:
         try:
             return bool(await self._release(keys=[self.keys.claim(image_key)],
                                             args=[owner, self.keys.answer(image_key)]))
-        except (aioredis.RedisError, OSError) as e:
+        except Exception as e:  # classified by `_failed`
             self._failed(e)
             return False
 
@@ -223,7 +224,7 @@ class FleetSolveCoordinator:
             pipe.set(key, answer_json, px=_ms(ttl))
             pipe.publish(key, "answer")
             await pipe.execute()
-        except (aioredis.RedisError, OSError) as e:
+        except Exception as e:  # classified by `_failed`
             self._failed(e)
             return False
         return True
@@ -231,17 +232,22 @@ class FleetSolveCoordinator:
     async def cached_answer(self, image_key: str) -> str | None:
         try:
             value = _text(await self.redis.get(self.keys.answer(image_key)))
-        except (aioredis.RedisError, OSError) as e:
+        except Exception as e:  # classified by `_failed`
             self._failed(e)
             return None
         self._ok()
         return value
 
+    async def solve_once(self, image_key: str, owner: str, timeout: float,
+                         solve: Callable[[], Awaitable[str | None]]) -> tuple[str | None, bool]:
+        """The scheduler's seam (``addon/solving/sharing.py``): ``solve_shared`` on this coordinator."""
+        return await solve_shared(self, image_key, owner, timeout, solve)
+
     async def drop_answer(self, image_key: str) -> None:
         """Forgets a cached answer (say, the site refused it)."""
         try:
             await self.redis.delete(self.keys.answer(image_key))
-        except (aioredis.RedisError, OSError) as e:
+        except Exception as e:  # classified by `_failed`
             self._failed(e)
 
     async def wait_answer(self, image_key: str, timeout: float) -> str | None:
@@ -266,7 +272,7 @@ class FleetSolveCoordinator:
                     return None
                 wait = left if pttl < 0 else min(left, pttl / 1000 + 0.005)
                 await pubsub.get_message(ignore_subscribe_messages=True, timeout=wait)
-        except (aioredis.RedisError, OSError) as e:
+        except Exception as e:  # classified by `_failed`
             self._failed(e)
             return None
         finally:
@@ -282,7 +288,7 @@ class FleetSolveCoordinator:
         """One of `limit` paid jobs in flight fleet-wide, leased to `owner` for `ttl` s (again: renewed)."""
         try:
             held, _ = await self._try_paid(limit, owner, ttl)
-        except (aioredis.RedisError, OSError) as e:
+        except Exception as e:  # classified by `_failed`
             self._failed(e)
             return True
         self._ok()
@@ -300,7 +306,7 @@ class FleetSolveCoordinator:
                 if held or left <= 0:
                     return held
                 await pubsub.get_message(ignore_subscribe_messages=True, timeout=min(left, wait + 0.005))
-        except (aioredis.RedisError, OSError) as e:
+        except Exception as e:  # classified by `_failed`
             self._failed(e)
             return True
         finally:
@@ -309,14 +315,14 @@ class FleetSolveCoordinator:
     async def renew_paid_slot(self, owner: str, ttl: float) -> bool:
         try:
             return bool(await self._renew_paid(keys=[self.keys.paid], args=[owner, _ms(ttl)]))
-        except (aioredis.RedisError, OSError) as e:
+        except Exception as e:  # classified by `_failed`
             self._failed(e)
             return True
 
     async def release_paid_slot(self, owner: str) -> None:
         try:
             await self._release_paid(keys=[self.keys.paid], args=[owner, self.keys.paid_free])
-        except (aioredis.RedisError, OSError) as e:
+        except Exception as e:  # classified by `_failed`
             self._failed(e)
 
     async def paid_holders(self) -> int:
@@ -348,6 +354,8 @@ async def solve_shared(fleet: FleetSolveCoordinator, image_key: str, owner: str,
                 answer = await solve()
             finally:
                 keeper.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await keeper  # a renewal in flight must not land after the claim is released
                 await fleet.finish(image_key, owner, answer, cache_ttl)
             return answer, True
         answer = await fleet.wait_answer(image_key, left)

@@ -202,7 +202,7 @@ class RedisEventStream:
         return self._link
 
     def stats(self) -> dict[str, Any]:
-        """For /v1/stats: `redis_overflowed` is the count the issue asks for."""
+        """For /v1/stats: `redis_overflowed` counts the events dropped from a full backlog."""
         return {"redis_backlog": self.pending, "redis_overflowed": self.overflowed, "redis_written": self.written,
                 "redis_down": self.down}
 
@@ -271,10 +271,10 @@ class RedisEventStream:
                 self._inflight_hi = 0
                 self.overflowed += self._maybe_lost
                 self._maybe_lost = 0
-                if self._down_since is None:
+                if self._link.failed(e, f"; holding up to {self.backlog} events and retrying") and (
+                        self._down_since is None):
                     self._down_since = time.monotonic()
                     self._late = 0
-                self._link.failed(e, f"; holding up to {self.backlog} events and retrying")
                 delay = min(BACKOFF_CAP_S, max(0.05, delay * 2))
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), delay)

@@ -11,7 +11,7 @@ from mitmproxy.proxy import server_hooks
 
 from addon.capture.clients import ClientKeyer
 from addon.capture.hosts import host_of
-from addon.mitm import options
+from addon.mitm import option_table, options
 from addon.publish.event_stream import SECRET_HEADER, EventStreamServer
 from addon.publish.http_api import ApiHandler, ApiRequest, ApiResponse
 
@@ -29,10 +29,7 @@ class CaptchaApi:
         self.host = "captcha.mitm"
 
     def load(self, loader: Any) -> None:
-        loader.add_option("captcha_host", str, "captcha.mitm",
-                          "Host name the proxy answers the captcha HTTP API for (over HTTP and HTTPS).")
-        loader.add_option("captcha_api_token", str, "",
-                          "When set, the captcha HTTP API wants 'Authorization: Bearer <token>'.")
+        option_table.declare(loader, "api")
 
     def configure(self, updated: set[str]) -> None:
         options.guard(updated)  # this is the script's first addon: refuse bad values before any other sees them

@@ -20,6 +20,7 @@ from addon.capture.bodies import BodyTooLarge, bounded_content
 from addon.capture.clients import ClientKeyer, parse_spec
 from addon.capture.hosts import host_of
 from addon.capture.recognise import Kind, NotRecognised
+from addon.mitm import option_table
 from addon.publish import events as ev
 from addon.publish.bus import EventBus
 from addon.ratelimit import RateLimitedLog
@@ -75,19 +76,7 @@ class CaptchaCapture:
         bus.subscribe("capture", self._on_event)
 
     def load(self, loader: Any) -> None:
-        loader.add_option("captcha_client_key", str, "ip",
-                          "How clients are told apart: ip, header:NAME (e.g. a device id header) or proxyauth.")
-        loader.add_option("captcha_pair_window", int, 30, "Seconds the parts of one challenge may arrive apart.")
-        loader.add_option("captcha_hold", bool, False,
-                          "Hold the response that completes a challenge until its answer is final and add the "
-                          "X-Captcha-Answer header to it.")
-        loader.add_option("captcha_get_filter", str, "",
-                          "Filter expression for captcha get responses, replacing the built-in host/path rules.")
-        loader.add_option("captcha_image_filter", str, "",
-                          "Filter expression for captcha images, replacing the built-in CDN host rules "
-                          "(images a get announced are always recognised).")
-        loader.add_option("captcha_verify_filter", str, "",
-                          "Filter expression for captcha verify responses, replacing the built-in host/path rules.")
+        option_table.declare(loader, "capture")
 
     def configure(self, updated: set[str]) -> None:
         o = ctx.options

@@ -14,10 +14,10 @@ from mitmproxy import ctx
 
 from addon.fleet import LinkState, connect, probe, validate_url
 from addon.fleet.heartbeat import Heartbeat
-from addon.fleet.reader import FleetReader
+from addon.fleet.reader import FleetAnswers, FleetReader
 from addon.fleet.shared import FleetSolveCoordinator
 from addon.fleet.stream import RedisEventStream
-from addon.mitm import options
+from addon.mitm import option_table, options
 from addon.publish.bus import EventBus
 from addon.publish.events import Event
 from addon.publish.http_api import ApiHandler
@@ -42,16 +42,7 @@ class CaptchaFleet:
         self._probing: asyncio.Task[None] | None = None
 
     def load(self, loader: Any) -> None:
-        loader.add_option("captcha_redis", str, "",
-                          "Fleet mode: a Redis URL (redis://, rediss://, unix://); events go to a stream, answers "
-                          "and the cache are shared. Env CAPTCHA_REDIS when empty.")
-        loader.add_option("captcha_redis_stream", str, "captcha:events", "The stream every proxy appends to.")
-        loader.add_option("captcha_redis_maxlen", int, 100_000,
-                          "Trim the stream to about this many entries (0: never).")
-        loader.add_option("captcha_redis_backlog", int, 10_000,
-                          "Events held in memory while Redis is unreachable; the oldest beyond it are dropped "
-                          "(counted in /v1/stats as redis_overflowed; they stay in the sidecar).")
-        loader.add_option("captcha_fleet_max_jobs", int, 0, "Paid solving jobs in flight across the fleet (0: no cap).")
+        option_table.declare(loader, "fleet")
         options.check_at_load(loader)  # this is the script's last addon: every option is registered now
 
     def configure(self, updated: set[str]) -> None:
@@ -70,10 +61,18 @@ class CaptchaFleet:
                 # addon), and a bad Redis URL must leave the proxy working alone.
                 logger.warning("captcha fleet: %s; fleet mode is off, the proxy works alone", e)
         if self._started:  # changed at run time (mitmweb's options, `set` in the console)
-            self._restarting = asyncio.get_running_loop().create_task(self._restart(), name="captcha-fleet-restart")
+            # Restarts run one after another (two quick changes must not build two streams), and done() awaits them.
+            self._restarting = asyncio.get_running_loop().create_task(self._restart_after(self._restarting),
+                                                                      name="captcha-fleet-restart")
 
     async def running(self) -> None:
         self._started = True
+        await self._restart()
+
+    async def _restart_after(self, previous: asyncio.Task[None] | None) -> None:
+        if previous is not None:
+            with contextlib.suppress(Exception):  # its own failure was logged where it happened
+                await previous
         await self._restart()
 
     async def _restart(self) -> None:
@@ -104,7 +103,7 @@ class CaptchaFleet:
 
         self._bus.subscribe("redis", outlet)
         self._scheduler.fleet = self.coordinator
-        self._api.fleet = self.reader
+        self._api.fleet = FleetAnswers(self.reader)
         self._scheduler.fleet_max_jobs = opts.captcha_fleet_max_jobs
         # One clear line on what is wrong (a password, a host) without holding up the proxy's start-up.
         self._probing = asyncio.get_running_loop().create_task(self._probe(self._url, link),
@@ -141,4 +140,7 @@ class CaptchaFleet:
         return self.stream.stats() if self.stream is not None else {}
 
     async def done(self) -> None:
+        if self._restarting is not None:
+            with contextlib.suppress(Exception):
+                await self._restarting
         await self._stop()

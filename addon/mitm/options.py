@@ -15,17 +15,16 @@ from __future__ import annotations
 
 import difflib
 import logging
-import math
 import os
-import re
 import stat
-import urllib.parse
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from mitmproxy import ctx, exceptions, flowfilter
+from mitmproxy import ctx, exceptions
 from mitmproxy.optmanager import OptManager, _UnconvertedStrings
+
+from addon.mitm.option_table import RULES
 
 logger = logging.getLogger(__name__)
 
@@ -36,132 +35,7 @@ SECRETS = frozenset({"omocaptcha_key", "captcha_api_token"})
 KEY_ENV = "OMOCAPTCHA_KEY"
 KEY_FILE_MAX = 4096
 _UNSAFE_MODE_BITS = stat.S_IRWXG | stat.S_IRWXO
-_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
-_HOST_NAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?$")
-_STREAM_NAME = re.compile(r"^\S{1,200}$")
-SOLVER_NAMES = ("local", "omocaptcha", "omocaptcha-v1", "omocaptcha-v2")
-"""As addon/solving/chain.py reads captcha_solvers: omocaptcha is omocaptcha-v1; case and spaces do not matter."""
 
-
-@dataclass(frozen=True, slots=True)
-class Rule:
-    """What one option accepts: its type and a check of the value (False: refused), described for people."""
-
-    type: type
-    accepted: str
-    check: Callable[[Any], bool] = lambda _value: True
-
-
-def _int_range(low: int, high: int, unit: str) -> Rule:
-    return Rule(int, f"an integer from {low} to {high} ({unit})", lambda v: low <= v <= high)
-
-
-def _http_url(value: str) -> bool:
-    parts = urllib.parse.urlsplit(value.strip())
-    return parts.scheme in ("http", "https") and bool(parts.hostname) and not any(c.isspace() for c in value.strip())
-
-
-def _client_key(value: str) -> bool:
-    if value in ("ip", "proxyauth"):
-        return True
-    name = value.removeprefix("header:").strip()
-    return value.startswith("header:") and _HEADER_NAME.match(name) is not None
-
-
-def _filter(value: str) -> bool:
-    if not value.strip():
-        return True
-    try:
-        flowfilter.parse(value)
-    except ValueError:
-        return False
-    return True
-
-
-def _solvers(value: str) -> bool:
-    text = value.strip().lower()
-    if text in ("", "auto", "none"):
-        return True
-    names = [n.strip() for n in text.split(",")]
-    canonical = ["omocaptcha-v1" if n == "omocaptcha" else n for n in names]
-    return all(n in SOLVER_NAMES for n in names) and len(set(canonical)) == len(canonical)
-
-
-def _usd(value: str) -> bool:
-    try:
-        amount = float(value)
-    except ValueError:
-        return False
-    return math.isfinite(amount) and amount >= 0
-
-
-def _token(value: str) -> bool:
-    # The token travels in an Authorization header, whose value HTTP parsers strip: spaces around it never match.
-    return value == value.strip() and value.isprintable()
-
-
-def _key(value: str) -> bool:
-    # The addon strips the key; whitespace or control characters inside it are a pasting accident.
-    key = value.strip()
-    return key.isprintable() and not any(c.isspace() for c in key)
-
-
-def _key_file(value: str) -> bool:
-    if value:
-        read_key_file(value, warn=False)  # raises OptionsError naming the path and what is wrong with it
-    return True
-
-
-def _writable_file(value: str) -> bool:
-    if "\0" in value:
-        return False
-    if not value:
-        return True
-    path = os.path.expanduser(value)
-    folder = os.path.dirname(path) or "."
-    if os.path.exists(path):
-        return not os.path.isdir(path) and os.access(path, os.W_OK)
-    return os.path.isdir(folder) and os.access(folder, os.W_OK | os.X_OK)
-
-
-RULES: Mapping[str, Rule] = {
-    "omocaptcha_key": Rule(str, "the key alone: printable, no spaces inside (or empty)", _key),
-    "omocaptcha_key_file": Rule(str, "the path of a readable file holding the key (or empty)", _key_file),
-    "omocaptcha_url": Rule(str, "an http:// or https:// URL with a host", _http_url),
-    "omocaptcha_v2_url": Rule(str, "an http:// or https:// URL with a host", _http_url),
-    "captcha_sidecar": Rule(str, 'a writable file path, or "" for none', _writable_file),
-    "captcha_save_dir": Rule(str, 'a directory path, or "" for none', lambda v: "\0" not in v),
-    "captcha_save_max_mb": _int_range(1, 1_000_000, "megabytes"),
-    "captcha_client_key": Rule(str, "ip, proxyauth or header:NAME (NAME an HTTP header name)", _client_key),
-    "captcha_width_view": _int_range(1, 10_000, "pixels"),
-    "captcha_poll_ms": _int_range(1, 60_000, "milliseconds"),
-    "captcha_timeout": _int_range(1, 86_400, "seconds"),
-    "captcha_max_jobs": _int_range(1, 10_000, "jobs"),
-    "captcha_max_waiting": _int_range(0, 1_000_000, "challenges"),
-    "captcha_pair_window": _int_range(1, 3_600, "seconds"),
-    "captcha_host": Rule(str, "a host name such as captcha.mitm", lambda v: _HOST_NAME.match(v.strip()) is not None),
-    "captcha_api_token": Rule(str, "printable, without spaces around it (or empty)", _token),
-    "captcha_hold": Rule(bool, "true or false"),
-    "captcha_get_filter": Rule(str, 'a mitmproxy filter expression (e.g. "~d example.com & ~u /captcha/get"), '
-                                    'or "" for the built-in rules', _filter),
-    "captcha_image_filter": Rule(str, 'a mitmproxy filter expression, or "" for the built-in rules', _filter),
-    "captcha_verify_filter": Rule(str, 'a mitmproxy filter expression, or "" for the built-in rules', _filter),
-    "captcha_solvers": Rule(str, "auto, none, or a comma-separated list of local, omocaptcha (= omocaptcha-v1), "
-                                 "omocaptcha-v2", _solvers),
-    "captcha_local_confidence": _int_range(0, 100, "percent"),
-    "captcha_cache_size": _int_range(0, 10_000_000, "answers; 0 turns the cache off"),
-    "captcha_low_balance": Rule(str, "an amount of US dollars, 0 or more (e.g. 0.5)", _usd),
-    "captcha_adaptive": Rule(bool, "true or false"),
-    "captcha_metrics_by_client": Rule(bool, "true or false"),
-    "captcha_dashboard_challenges": _int_range(0, 1_000_000, "challenges"),
-    "captcha_dashboard_mb": _int_range(0, 1_000_000, "megabytes"),
-    "captcha_redis_maxlen": _int_range(0, 1_000_000_000, "entries; 0 never trims"),
-    "captcha_redis_backlog": _int_range(1, 10_000_000, "events"),
-    "captcha_fleet_max_jobs": _int_range(0, 100_000, "jobs; 0 means no cap"),
-    # captcha_redis is not here on purpose: a bad Redis URL gets a clear error line and the proxy runs alone
-    # (addon/mitm/fleet.py), as the fleet's Redis may be down or wrong without the proxy being useless.
-    "captcha_redis_stream": Rule(str, "a stream name without spaces", lambda v: _STREAM_NAME.match(v) is not None),
-}
 
 EXCLUSIVE = (("omocaptcha_key", "omocaptcha_key_file"),)
 """Options that must not both be set (checked on the values given at start-up; configure checks later changes)."""

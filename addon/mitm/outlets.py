@@ -8,9 +8,10 @@ from typing import Any
 
 from mitmproxy import ctx, exceptions
 
+from addon.mitm import option_table
 from addon.publish.board import Board
 from addon.publish.bus import EventBus, QueuedOutlet
-from addon.publish.dashboard_api import DEFAULT_CHALLENGES, DEFAULT_MB, Dashboard
+from addon.publish.dashboard_api import Dashboard
 from addon.publish.events import Event
 from addon.publish.logline import log_event
 from addon.publish.save_dir import SaveDir
@@ -31,21 +32,7 @@ class CaptchaEvents:
         bus.subscribe("log", log_event)
 
     def load(self, loader: Any) -> None:
-        loader.add_option(
-            "captcha_sidecar", str, "captcha-events.jsonl",
-            'JSON Lines file every captcha event is appended to (created 0600); "" turns it off.',
-        )
-        loader.add_option("captcha_save_dir", str, "",
-                          "Folder where each captured challenge's images and events are kept, one folder per "
-                          'challenge (0700, files 0600), labelled once the site accepts the answer; "" turns it off.')
-        loader.add_option("captcha_save_max_mb", int, 1024,
-                          "Bound of captcha_save_dir in megabytes; the oldest challenges are removed first.")
-        loader.add_option("captcha_metrics_by_client", bool, False,
-                          "Label the /metrics counters by client too (one series per device: mind the cardinality).")
-        loader.add_option("captcha_dashboard_challenges", int, DEFAULT_CHALLENGES,
-                          "Challenges whose images the dashboard keeps (oldest out first).")
-        loader.add_option("captcha_dashboard_mb", int, DEFAULT_MB,
-                          "Megabytes of images the dashboard keeps at most (oldest out first).")
+        option_table.declare(loader, "events")
 
     def configure(self, updated: set[str]) -> None:
         o = ctx.options

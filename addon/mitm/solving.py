@@ -9,19 +9,13 @@ from typing import Any
 import httpx
 from mitmproxy import ctx, exceptions
 
-from addon.mitm import options
-from addon.solving import omocaptcha_v1
-from addon.solving.chain import ACCEPTED, V2_DEFAULT_URL, ChainSettings, SolverFactory, parse_solvers
+from addon.mitm import option_table, options
+from addon.solving.chain import ACCEPTED, ChainSettings, SolverFactory, parse_solvers
 from addon.solving.scheduler import Scheduler, SchedulerConfig
 
 logger = logging.getLogger(__name__)
 
-OPTIONS = frozenset({
-    "omocaptcha_key", "omocaptcha_key_file", "omocaptcha_url", "omocaptcha_v2_url", "captcha_solvers",
-    "captcha_local_confidence", "captcha_width_view", "captcha_poll_ms", "captcha_timeout", "captcha_max_jobs",
-    "captcha_max_waiting", "captcha_cache_size", "captcha_low_balance", "captcha_adaptive",
-})
-DEFAULT_LOCAL_CONFIDENCE = 50
+OPTIONS = frozenset(o.name for o in option_table.OPTIONS if o.addon == "solving")
 
 
 class CaptchaSolving:
@@ -32,34 +26,7 @@ class CaptchaSolving:
         self._key = options.Key("", "")
 
     def load(self, loader: Any) -> None:
-        loader.add_option("omocaptcha_key", str, "",
-                          "omocaptcha API key; empty: the OMOCAPTCHA_KEY environment variable. Prefer the "
-                          "environment variable or omocaptcha_key_file: --set puts the key in ps and shell history.")
-        loader.add_option("omocaptcha_key_file", str, "",
-                          "File holding the omocaptcha key alone (chmod 600): keeps the key out of the command line, "
-                          "the environment and config files. Only one of omocaptcha_key and this.")
-        loader.add_option("omocaptcha_url", str, omocaptcha_v1.DEFAULT_URL, "Base URL of omocaptcha's v1 job API.")
-        loader.add_option("omocaptcha_v2_url", str, V2_DEFAULT_URL, "Base URL of omocaptcha's v2 task API.")
-        loader.add_option("captcha_solvers", str, "auto",
-                          "Solvers tried in order, comma separated: local, omocaptcha (v1), omocaptcha-v2; auto = "
-                          "omocaptcha when a key is set, else local; none = capture only.")
-        loader.add_option("captcha_local_confidence", int, DEFAULT_LOCAL_CONFIDENCE,
-                          "0-100: a local answer less sure than this goes to the next solver of captcha_solvers "
-                          "(with none left it is published with its confidence).")
-        loader.add_option("captcha_width_view", int, 340, "Width at which the slide puzzle is shown (width_view).")
-        loader.add_option("captcha_poll_ms", int, 2000, "Pause before the first and between result polls, in ms.")
-        loader.add_option("captcha_timeout", int, 120,
-                          "Seconds from capture to a final answer before the challenge fails with timeout.")
-        loader.add_option("captcha_max_jobs", int, 32, "Solving jobs in flight at once; more wait their turn.")
-        loader.add_option("captcha_max_waiting", int, 512,
-                          "Challenges that may wait for a job slot; beyond it they fail at once as overloaded.")
-        loader.add_option("captcha_cache_size", int, 10_000,
-                          "Answers kept by image set, so the same images are never paid for twice; 0 turns it off.")
-        loader.add_option("captcha_low_balance", str, "0.5",
-                          "Log a warning when a paid service's balance (USD) falls under this.")
-        loader.add_option("captcha_adaptive", bool, False,
-                          "Move a solver whose answers the site accepted for under half of its last 50 verdicts of a "
-                          "kind behind the next solver for that kind.")
+        option_table.declare(loader, "solving")
 
     def configure(self, updated: set[str]) -> None:
         if not OPTIONS & updated:
@@ -90,9 +57,6 @@ class CaptchaSolving:
         ))
         if not names:
             logger.info("captcha: captcha_solvers=none: capturing only")
-
-    def key(self) -> str:
-        return self._key.value
 
     def running(self) -> None:
         self.scheduler.start()

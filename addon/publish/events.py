@@ -108,6 +108,11 @@ class Solved(Event):
     confidence: float | None = None
     tried: tuple[str, ...] = ()
     cached: bool = False
+    cached_from: str | None = None
+    """When `cached`: `cache` (this proxy's answer cache), `repeat` (a challenge with the same images solved here
+    at the same time, waited for) or `fleet` (another proxy of the fleet)."""
+    same_as: str | None = None
+    """When `cached` from this proxy: the challenge the answer was first given to."""
 
     def _fields(self, out: dict[str, Any]) -> None:
         out["service"] = self.service
@@ -120,6 +125,10 @@ class Solved(Event):
         out["tried"] = list(self.tried)
         if self.cached:
             out["cached"] = True
+            if self.cached_from is not None:
+                out["cached_from"] = self.cached_from
+            if self.same_as is not None:
+                out["same_as"] = self.same_as
 
 
 @dataclass(slots=True, kw_only=True)
@@ -165,7 +174,6 @@ class Verified(Event):
             out["cached"] = self.cached
 
 
-FinalEvent = Solved | Failed
 EVENT_TYPES: dict[str, type[Event]] = {cls.name: cls for cls in (Captured, Solving, Solved, Failed, Expired, Verified)}
 
 

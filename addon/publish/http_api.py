@@ -12,11 +12,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from redis.exceptions import RedisError
-
-from addon.fleet.reader import FleetReader
 from addon.publish.board import Board
 from addon.publish.events import Event
+from addon.publish.remote import AnswersUnreachable, RemoteAnswers
 
 WAIT_DEFAULT = 30.0
 WAIT_MAX = 60.0
@@ -92,7 +90,7 @@ class ApiHandler:
         """Paths served without the token: the dashboard's page and files, which hold no data (a browser cannot
         send a header when it opens a page; the page then asks for the token and sends it on every call)."""
         self.public_prefixes: set[str] = set()
-        self.fleet: FleetReader | None = None
+        self.fleet: RemoteAnswers | None = None
         """Fleet mode: answers and events of clients this proxy has not seen come from the Redis stream."""
 
     def authorised(self, authorization: str) -> bool:
@@ -120,7 +118,7 @@ class ApiHandler:
     def _client(self, request: ApiRequest) -> str:
         return request.query.get("client") or request.client
 
-    def _remote(self, client: str) -> FleetReader | None:
+    def _remote(self, client: str) -> RemoteAnswers | None:
         """The fleet's reader when the client is another proxy's (one this proxy's board has never seen)."""
         return self.fleet if self.fleet is not None and not self.board.knows(client) else None
 
@@ -130,7 +128,7 @@ class ApiHandler:
         if remote is not None:
             try:
                 doc = await remote.latest_final(client)
-            except (RedisError, OSError):
+            except AnswersUnreachable:
                 return fleet_down(client)
             if doc is None:
                 return ApiResponse.json(404, {"error": "no answer yet", "client": client})
@@ -163,7 +161,7 @@ class ApiHandler:
                 return ApiResponse(204)
             await self.board.wait_change(client, remaining)
 
-    async def _wait_remote(self, remote: FleetReader, client: str, query: dict[str, str],
+    async def _wait_remote(self, remote: RemoteAnswers, client: str, query: dict[str, str],
                            timeout: float | None) -> ApiResponse:
         """The long poll for another proxy's client: wakes on the fleet's stream. `after` is a seq of that client's
         proxy run, or a stream entry id (`1700000000000-0`) to walk the fleet's answers in stream order."""
@@ -176,7 +174,7 @@ class ApiHandler:
                                                    "or a stream id"})
         try:
             doc = await remote.wait_final(client, max(0.0, min(timeout, WAIT_MAX)), after=cursor)
-        except (RedisError, OSError):
+        except AnswersUnreachable:
             return fleet_down(client)
         return ApiResponse(204) if doc is None else ApiResponse.json(200, dict_with_drag(doc, query))
 
@@ -189,7 +187,7 @@ class ApiHandler:
         if remote is not None and client is not None:
             try:
                 return ApiResponse.json(200, {"events": await remote.newest_events(limit, client)})
-            except (RedisError, OSError):
+            except AnswersUnreachable:
                 return fleet_down(client)
         events = self.board.newest(limit, request.query.get("client"))
         return ApiResponse.json(200, {"events": [e.to_json() for e in events]})
@@ -200,7 +198,7 @@ class ApiHandler:
                 return ApiResponse.json(400, {"error": "scope=fleet needs fleet mode (captcha_redis)"})
             try:
                 return ApiResponse.json(200, await self.fleet.fleet_stats())
-            except (RedisError, OSError):
+            except AnswersUnreachable:
                 return fleet_down(None)
         return ApiResponse.json(200, self.stats(request.query.get("client")))
 

@@ -15,7 +15,8 @@ def log_event(event: ev.Event) -> None:
         logger.info(f"captcha: captured {event.kind} {event.challenge} for {event.client} "
                     f"({roles}; from {event.source})")
     elif isinstance(event, ev.Solved):
-        how = " (cached)" if event.cached else ""
+        how = f" ({event.cached_from or 'cached'}{f' of {event.same_as}' if event.same_as else ''})" \
+            if event.cached else ""
         sure = f", confidence {event.confidence:.2f}" if event.confidence is not None else ""
         logger.info(f"captcha: solved {event.challenge} for {event.client} by {event.service}{how}: {event.result} "
                     f"in {event.elapsed_ms} ms{sure}")

@@ -53,7 +53,7 @@ class _Histogram:
 
 
 class Metrics:
-    """Counts events as they are emitted (`observe` is an EventLog subscriber) and reads the gauges at scrape time.
+    """Counts events as they are emitted (`observe` is a bus outlet) and reads the gauges at scrape time.
 
     `by_client=True` adds a `client` label to every counter: one series per device, so only for small farms.
     """
@@ -82,7 +82,7 @@ class Metrics:
                 self.counts["captured"][(kind,)] = 0
 
     def observe(self, event: Mapping[str, Any]) -> None:
-        """Counts one event; never raises (it runs inside EventLog.emit, before other subscribers)."""
+        """Counts one event; never raises (it runs inside EventBus.emit, before other outlets)."""
         name = event.get("event")
         kind = _label(event.get("kind"))
         if name == "captured":

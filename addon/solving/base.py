@@ -12,7 +12,6 @@ from typing import Any, Protocol
 
 from addon.capture.assemble import Captured
 from addon.capture.images import Role
-from addon.capture.recognise import Kind
 
 WIDGET_TRAVEL = 271.0
 """Slider travel of the 340-px web widget (340 minus a 69-px handle): one full relative turn of the whirl."""
@@ -153,7 +152,3 @@ class Solver(Protocol):
 def natural_width(challenge: Captured) -> int:
     background = challenge.images.get(Role.BACKGROUND)
     return background.info.width if background is not None else 552
-
-
-def is_rotate(challenge: Captured) -> bool:
-    return challenge.kind is Kind.ROTATE

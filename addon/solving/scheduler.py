@@ -15,13 +15,13 @@ from typing import Any
 
 from addon.capture import images
 from addon.capture.assemble import Captured
-from addon.fleet.shared import FleetSolveCoordinator, solve_shared
 from addon.publish import events as ev
 from addon.publish.bus import EventBus
 from addon.ratelimit import RateLimitedLog
 from addon.solving.base import RotateAnswer, SlideAnswer, Solution, SolveFailure, Solver
 from addon.solving.cache import AnswerCache, image_key
 from addon.solving.health import ServiceHealth
+from addon.solving.sharing import SharedSolving
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +81,19 @@ class _Run:
     tried: list[str] = field(default_factory=list)
     service: str | None = None
     job_id: str | int | None = None
+    asked: int = 0
+    """The cache's rejection count when the chain was started (`CachedAnswer.asked`)."""
+
+
+@dataclass(slots=True)
+class _Lead:
+    """The challenge solving an image set on this proxy right now: repeats of the set wait for its outcome instead
+    of paying for their own job."""
+
+    challenge: str
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    outcome: Outcome | None = None
+    """Set when its chain ends; None when it ended without one (timed out, cancelled, broke)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,10 +104,16 @@ class Answered:
     cached: bool
     key: str
     job_id: str | int | None = None
+    solution: Solution | None = None
+    origin: str = ""
+    """The challenge this answer was first given to (the one whose job paid for it, when known)."""
 
 
 Outcome = tuple[str, str | int | None, Solution, bool] | SolveFailure
 """(service, job_id, solution, cached) or why the chain gave no answer."""
+
+FROM_CACHE, FROM_REPEAT, FROM_FLEET = "cache", "repeat", "fleet"
+"""Where a `cached` answer came from (`solved`'s `cached_from`)."""
 
 
 def shared_json(service: str, solution: Solution) -> str:
@@ -154,8 +173,10 @@ class Scheduler:
         self.verdicts: dict[tuple[str, str], deque[bool]] = {}
         self._demoted: set[tuple[str, str]] = set()
         self._runs: dict[str, _Run] = {}
+        self._leads: dict[str, _Lead] = {}
+        """Image set -> the challenge solving it on this proxy now (fleet claims, across proxies, are apart)."""
         self._reports: set[asyncio.Task[Any]] = set()
-        self.fleet: FleetSolveCoordinator | None = None
+        self.fleet: SharedSolving | None = None
         """Set in fleet mode (`captcha_redis`): image sets are solved once across the fleet."""
         self.fleet_max_jobs = 0
         self._slots = asyncio.Semaphore(self.config.max_jobs)
@@ -325,17 +346,40 @@ class Scheduler:
         return chain
 
     async def _chain(self, run: _Run, config: SchedulerConfig) -> None:
-        cached = self.cache.get(run.key)
-        if cached is not None and cached.service not in self.cache.wrong_services(run.key):
-            self._finish_solved(run, cached.service, None, cached.solution, cached=True)
-            return
-        # Only paid answers are worth a fleet-wide claim: the local solver is quicker than a round trip to Redis.
-        shared = self.fleet is not None and any(s.paid for s in config.solvers)
-        outcome = await (self._shared_chain(run, config) if shared else self._run_chain(run, config))
+        while True:
+            cached = self.cache.get(run.key)
+            if cached is not None:
+                self._finish_solved(run, cached.service, None, cached.solution, cached=FROM_CACHE,
+                                    same_as=cached.challenge or None)
+                return
+            lead = self._leads.get(run.key)
+            if lead is None:
+                break
+            # The same images are being solved here now: wait for that answer (inside this challenge's own
+            # deadline, which `_work` holds) rather than pay for a second job.
+            await lead.done.wait()
+            if lead.outcome is not None and not isinstance(lead.outcome, SolveFailure):
+                service, _, solution, _ = lead.outcome
+                self._finish_solved(run, service, None, solution, cached=FROM_REPEAT, same_as=lead.challenge)
+                return
+            # It failed, timed out or was cancelled: look again (the cache, another repeat that took over first),
+            # else this challenge solves the set itself.
+        lead = _Lead(run.captured.challenge_id)
+        self._leads[run.key] = lead
+        try:
+            # Only paid answers are worth a fleet-wide claim: the local solver is quicker than a round trip to Redis.
+            shared = self.fleet is not None and any(s.paid for s in config.solvers)
+            outcome = await (self._shared_chain(run, config) if shared else self._run_chain(run, config))
+            lead.outcome = outcome
+        finally:
+            if self._leads.get(run.key) is lead:
+                del self._leads[run.key]
+            lead.done.set()
         if isinstance(outcome, SolveFailure):
             self._finish_failed(run, outcome.reason, outcome.message)
         else:
-            self._finish_solved(run, *outcome)
+            service, job_id, solution, from_fleet = outcome
+            self._finish_solved(run, service, job_id, solution, cached=FROM_FLEET if from_fleet else None)
 
     async def _shared_chain(self, run: _Run, config: SchedulerConfig) -> Outcome:
         """Fleet mode: one proxy of the fleet solves an image set (a claim in Redis), the others wait for its answer
@@ -348,18 +392,18 @@ class Scheduler:
             outcome = await self._run_chain(run, config)
             return None if isinstance(outcome, SolveFailure) else shared_json(outcome[0], outcome[2])
 
-        answer, here = await solve_shared(self.fleet, run.key, f"{self.bus.run}:{run.captured.challenge_id}",
-                                          max(0.0, run.deadline - self.clock()), solve_here)
+        answer, here = await self.fleet.solve_once(run.key, f"{self.bus.run}:{run.captured.challenge_id}",
+                                                   max(0.0, run.deadline - self.clock()), solve_here)
         if here and outcome is not None:
             return outcome
         if answer is None:
             raise TimeoutError  # the deadline passed while another proxy held the claim
         service, solution = from_shared_json(answer)
-        run.tried.clear()
         return service, None, solution, True
 
     async def _run_chain(self, run: _Run, config: SchedulerConfig) -> Outcome:
         chain = self.chain_for(run)
+        run.asked = self.cache.marks
         unsure: tuple[Solver, Solution, str | int | None] | None = None
         failure = SolveFailure("api_error", "no solver could take the challenge")
         for i, solver in enumerate(chain):
@@ -426,19 +470,24 @@ class Scheduler:
         return None
 
     def _finish_solved(self, run: _Run, service: str, job_id: str | int | None, solution: Solution,
-                       cached: bool = False) -> None:
+                       cached: str | None = None, same_as: str | None = None) -> None:
+        """`cached`: where the answer came from when no job ran for this challenge (`FROM_CACHE`, ...)."""
         if self._runs.pop(run.captured.challenge_id, None) is None:
             return
         c = run.captured
-        if not cached:
-            self.cache.put(run.key, service, solution)
-        self.answered[c.challenge_id] = Answered(c.client, str(c.kind), service, cached, run.key, job_id)
+        if cached is None:
+            self.cache.put(run.key, service, solution, c.challenge_id, run.asked)
+        else:
+            run.tried.clear()
+        self.answered[c.challenge_id] = Answered(c.client, str(c.kind), service, cached is not None, run.key, job_id,
+                                                 solution, same_as or c.challenge_id)
         if len(self.answered) > MAX_ANSWERED:
             self.answered.popitem(last=False)
         self.bus.emit(ev.Solved(
             client=c.client, challenge=c.challenge_id, kind=str(c.kind), service=service, job_id=job_id,
             result=solution.result, answer=solution.answer, elapsed_ms=round((self.clock() - run.started) * 1000),
-            confidence=solution.confidence, tried=tuple(run.tried), cached=cached,
+            confidence=solution.confidence, tried=tuple(run.tried), cached=cached is not None, cached_from=cached,
+            same_as=same_as,
         ))
 
     def _finish_failed(self, run: _Run, reason: str, message: str) -> None:
@@ -453,13 +502,16 @@ class Scheduler:
     # --- the site's verdicts -------------------------------------------------------------------------------
 
     def verdict(self, challenge_id: str, accepted: bool) -> Answered | None:
-        """The site judged the answer of `challenge_id`: a rejected answer leaves the cache and its service is not
-        asked again for those images; with `adaptive`, a service whose recent acceptance falls under the share
-        moves behind the next one for that kind."""
+        """The site judged the answer of `challenge_id`: a rejected answer leaves the cache and its service is
+        marked wrong on those images (left out of their chain while another service is not, `chain_for`); an
+        accepted one clears that mark and is the answer the cache serves; with `adaptive`, a service whose recent
+        acceptance falls under the share moves behind the next one for that kind."""
         answered = self.answered.get(challenge_id)
         if answered is None:
             return None
-        if not accepted:
+        if accepted and answered.solution is not None:
+            self.cache.accepted(answered.key, answered.service, answered.solution, answered.origin)
+        elif not accepted:
             self.cache.rejected(answered.key, answered.service)
             if self.fleet is not None:
                 self._background(self.fleet.drop_answer(answered.key), "captcha-fleet-drop")

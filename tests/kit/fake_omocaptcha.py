@@ -309,6 +309,7 @@ class Settings:
     latency_ms: float = 0.0
     faults: dict[str, dict[str, float]] = field(default_factory=dict)
     down: bool = False
+    hold: bool = False
     seed: int = 1
     draw: Draw = "random"
 
@@ -321,6 +322,7 @@ class Settings:
             "latency_ms": self.latency_ms,
             "faults": copy.deepcopy(self.faults),
             "down": self.down,
+            "hold": self.hold,
             "seed": self.seed,
             "draw": self.draw,
         }
@@ -577,6 +579,7 @@ class FakeState:
             "invalid_keys",
             "keys",
             "down",
+            "hold",
             "seed",
             "draw",
             "balance",
@@ -613,6 +616,9 @@ class FakeState:
         down = changes.get("down")
         if down is not None and not isinstance(down, bool):
             raise ValueError("down must be true or false")
+        hold = changes.get("hold")
+        if hold is not None and not isinstance(hold, bool):
+            raise ValueError("hold must be true or false")
         seed = changes.get("seed")
         if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
             raise ValueError("seed must be an integer")
@@ -651,6 +657,8 @@ class FakeState:
                 s.keys = keys
             if down is not None:
                 s.down = down
+            if hold is not None:
+                s.hold = hold
             if seed is not None or draw is not None:
                 s.seed = seed if seed is not None else s.seed
                 s.draw = cast(Draw, draw) if draw is not None else s.draw
@@ -1164,7 +1172,7 @@ class FakeState:
             task = self.tasks.get(task_id)
             if task is None or task.key != key:
                 return _v2_error("ERROR_TASK_NOT_FOUND", "Task not found.")
-            status = task.status(now)
+            status = "processing" if self.settings.hold else task.status(now)
         if status == "processing":
             return Outcome(body={"errorId": 0, "status": "processing"}, task=task)
         if status == "fail":
@@ -1195,7 +1203,7 @@ class FakeState:
             job = self.jobs.get(job_id)
             if job is None or job.key != key:
                 return _error("Job not found.")
-            status = job.status(now)
+            status = "running" if self.settings.hold else job.status(now)
         result = job.result if status == "success" else None
         return Outcome(body={"error": False, "status": status, "result": result}, job=job)
 

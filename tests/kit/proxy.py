@@ -101,7 +101,7 @@ class MitmdumpProcess:
         workdir: str | Path | None = None,
         cwd: str | Path = PROJECT_ROOT,
         redirect: bool = True,
-        startup_timeout: float = 20.0,
+        startup_timeout: float = 60.0,
         env: Mapping[str, str] | None = None,
         extra_args: Sequence[str] = (),
         listen_host: str = "127.0.0.1",

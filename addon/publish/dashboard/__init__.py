@@ -1,4 +1,4 @@
-"""The dashboard's static files (one page, its script and stylesheet), read once and served as they are."""
+"""The dashboard's static files (one page, its script, stylesheet and icon), read once and served as they are."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ CONTENT_TYPES = {
     "index.html": "text/html; charset=utf-8",
     "app.js": "text/javascript; charset=utf-8",
     "style.css": "text/css; charset=utf-8",
+    "favicon.svg": "image/svg+xml",
 }
 CONTENT_SECURITY_POLICY = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob:; connect-src 'self'; "

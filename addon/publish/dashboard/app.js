@@ -1,6 +1,8 @@
 // The captcha dashboard: recent challenges from /v1/events, kept live from /v1/events/stream (Server-Sent Events
 // read with fetch, so the Authorization header goes along), counters from /v1/stats. No libraries, no build step.
-// Every text from the proxy goes into the page through textContent: client names are chosen by the clients.
+// Every text from the proxy goes into the page through textContent: client names and challenge ids come from the
+// traffic. Such texts are clipped to one cell (the full text on hover), and ids travel in query strings, never in a
+// path (a browser collapses a segment "." or "..", even percent-encoded).
 "use strict";
 
 (() => {
@@ -13,6 +15,7 @@
   const FETCH_SLOTS = 4; // image fetches at once
   const COLUMNS = ["time", "client", "kind", "service", "status", "elapsed", "verdict", "answer", "images", "picture"];
   const FINAL = new Set(["solved", "failed", "expired"]);
+  const CLIPPED = new Set(["client", "kind", "service", "answer"]); // texts of any length: a span that clips
 
   const $ = (id) => document.getElementById(id);
 
@@ -171,7 +174,7 @@
     }
     if (typeof ev.client === "string" && row.client !== ev.client) {
       row.client = ev.client;
-      row.cells.client.textContent = ev.client;
+      setText(row, "client", ev.client);
       addClient(ev.client);
       applyFilter(row);
     }
@@ -189,6 +192,11 @@
       td.className = name;
       tr.append(td);
       cells[name] = td;
+      if (CLIPPED.has(name)) {
+        cells[name] = document.createElement("span");
+        cells[name].className = "text";
+        td.append(cells[name]);
+      }
     }
     return {
       id, tr, cells, client: null, status: null, capturedAt: NaN, roles: [], thumbs: new Map(),
@@ -212,7 +220,9 @@
 
   function setText(row, cell, value) {
     if (value === undefined || value === null) return;
-    row.cells[cell].textContent = String(value);
+    const el = row.cells[cell];
+    el.textContent = String(value);
+    if (CLIPPED.has(cell)) el.title = el.textContent;
   }
 
   function setTime(row, time) {
@@ -301,8 +311,8 @@
     }
   }
 
-  function challengePath(row) {
-    return "/v1/challenges/" + encodeURIComponent(row.id);
+  function fileUrl(file, params) {
+    return "/v1/challenges/" + file + "?" + new URLSearchParams(params);
   }
 
   function wantImages(row) {
@@ -313,7 +323,7 @@
       img.dataset.role = role;
       row.thumbs.set(role, img);
       row.cells.images.append(img.parentElement);
-      enqueue(() => loadImage(row, img, challengePath(row) + "/images/" + encodeURIComponent(role), () => {
+      enqueue(() => loadImage(row, img, fileUrl("images", { challenge: row.id, role }), () => {
         row.thumbs.delete(role);
         img.parentElement.remove();
       }));
@@ -325,7 +335,7 @@
         row.cells.picture.append(row.picture.parentElement);
       }
       const img = row.picture;
-      enqueue(() => loadImage(row, img, challengePath(row) + "/answer.png", () => {
+      enqueue(() => loadImage(row, img, fileUrl("answer.png", { challenge: row.id }), () => {
         row.pictureRequested = false;
       }));
     }
@@ -399,6 +409,7 @@
       return;
     }
     $("stats-scope").textContent = client ? "client " + client : "all clients";
+    $("stats-scope").title = $("stats-scope").textContent;
     for (const el of document.querySelectorAll("#stats .stat")) {
       const name = el.dataset.stat;
       const value = el.querySelector(".value");

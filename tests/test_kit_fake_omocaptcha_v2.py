@@ -149,6 +149,14 @@ def test_task_ids_are_distinct_uuids(kit: Kit, client: httpx.Client) -> None:
     assert len(ids) == 3
 
 
+def test_hold_keeps_every_task_processing_until_let_go(kit: Kit, fake: FakeOmocaptcha, client: httpx.Client) -> None:
+    fake.control(hold=True)
+    task = create(client, rotate_body(kit))
+    assert result(client, task) == {"errorId": 0, "status": "processing"}
+    fake.control(hold=False)
+    assert result(client, task)["status"] == "ready"
+
+
 def test_processing_until_the_solve_time(kit: Kit) -> None:
     """Driven through FakeState with explicit times: no waiting on the clock."""
     state = FakeState([KEY], [kit.dir], solve_seconds=5)

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.conftest import tiny_manifest
 
 from addon.capture.assemble import Captured, make_part
 from addon.capture.images import BadImage, Role, probe
@@ -20,9 +19,11 @@ from addon.mitm.solving import make_http_client
 from addon.publish.bus import EventBus
 from addon.solving.omocaptcha_v1 import OmocaptchaV1Solver, job_payload
 from addon.solving.scheduler import Scheduler, SchedulerConfig
+from tests.conftest import tiny_manifest
 from tests.kit.fake_omocaptcha import FakeOmocaptcha
 
 KEY = "test-key-3141"
+pytestmark = pytest.mark.usefixtures("eager_tasks")  # the task factory the proxy runs under
 
 
 @pytest.fixture(scope="module")

@@ -519,6 +519,14 @@ def test_down_closes_every_api_connection(
     create(client, rotate_body(kit))
 
 
+def test_hold_keeps_every_job_running_until_let_go(kit: Kit, fake: FakeOmocaptcha, client: httpx.Client) -> None:
+    assert fake.control(hold=True)["hold"] is True
+    jobs = [create(client, rotate_body(kit)) for _ in range(2)]
+    assert [result(client, j)["status"] for j in jobs] == ["running", "running"]
+    fake.control(hold=False)
+    assert [result(client, j)["status"] for j in jobs] == ["success", "success"]
+
+
 def test_latency(kit: Kit, fake: FakeOmocaptcha, client: httpx.Client) -> None:
     fake.control(latency_ms=250)
     t = time.monotonic()
@@ -545,6 +553,7 @@ def test_control_validation(fake: FakeOmocaptcha, ctl: httpx.Client) -> None:
         {"solve_seconds": -1},
         {"latency_ms": True},
         {"down": "yes"},
+        {"hold": 1},
         {"invalid_keys": "k"},
         {"keys": []},
         {"draw": "sometimes"},
