@@ -28,6 +28,12 @@ DNS look-up or connect) when:
 Connections whose address already is a loopback IP address (``127.0.0.0/8``, ``::1``) or ``localhost`` are passed
 on unchanged, so a test may still talk to another local service through the proxy.
 
+Upstream mode (``--mode upstream:http://127.0.0.1:PORT``, the recording upstream of ``tests/kit/upstream.py``):
+mitmproxy opens the connection to the upstream proxy itself, so that is the address seen here, and a loopback one
+passes unchanged (the upstream maps hosts to the origin itself); an upstream anywhere else is refused or, on port
+80/443, mapped to the origin like any host. A connection that still carries ``via`` is refused unless its proxy is
+on loopback.
+
 This file is loaded by mitmproxy's script loader as a standalone module: it imports nothing from the project.
 """
 
@@ -145,8 +151,8 @@ class Redirect:
         server = data.server
         if server.error or server.address is None:
             return
-        if server.via is not None:
-            server.error = "testkit: upstream proxies are not allowed in tests"
+        if server.via is not None and not _is_loopback(str(server.via[1][0])):
+            server.error = "testkit: upstream proxies off loopback are not allowed in tests"
             self.refused += 1
             return
         real: Address = (server.address[0], server.address[1])
