@@ -18,7 +18,7 @@ from PIL import Image
 
 from addon.solving import vision
 from tests.kit.device import Challenge, Device
-from tests.kit.e2e import KEY, proxy
+from tests.kit.e2e import KEY, LOCAL_WARM_LINE, proxy
 from tests.kit.fake_omocaptcha import FakeOmocaptcha
 from tests.kit.origin import OriginServer
 from tests.kit.proxy import MitmdumpProcess
@@ -121,7 +121,7 @@ async def test_with_a_key_only_what_the_local_solver_is_unsure_of_is_paid_for(
     assert len(jobs) == 1 and jobs[0]["body"]["data"]["type_job_id"] == "21"
 
 
-WARM_LINE = "worker processes started and warmed up"
+WARM_LINE = LOCAL_WARM_LINE
 LOOP_BUSY_LIMIT_MS = 40.0
 """Most CPU time the event loop's thread may spend between two wake-ups of the lag probe while solves run. A
 solve on the loop spends 25-60 ms there (scripts/bench_looplag.py, measured when breaking it on purpose); the
