@@ -19,6 +19,12 @@ def drag_text(event: dict[str, Any]) -> str:
     if event["event"] == "failed":
         return f"no answer: {event['reason']} ({event.get('message', '')})"
     drag = event.get("drag")
+    if event["kind"] in ("3d", "icon"):
+        # Object captchas: click each point in order (with --width W, in pixels of the image shown W wide).
+        points = drag["points"] if drag else event["answer"]["points"]
+        width = drag["width"] if drag else event["answer"]["width_view"]
+        where = ", then ".join(f"({p['x']:.0f}, {p['y']:.0f})" for p in points)
+        return f"click {where} on the image shown {width:g} px wide (from its top left), then Confirm"
     if event["kind"] == "slide":
         x = drag["x"] if drag else event["answer"]["x"]
         unit = f"px on a {drag['width']:g}-px puzzle" if drag else f"px at width_view {event['answer']['width_view']}"
@@ -35,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host", default="captcha.mitm", help="the addon's captcha_host")
     p.add_argument("--token", default="", help="captcha_api_token, if the proxy has one")
     p.add_argument("--client", default="", help="another device's client key (default: this device)")
-    p.add_argument("--width", type=float, help="slide: the width at which the puzzle is shown")
+    p.add_argument("--width", type=float, help="slide, 3d, icon: the width at which the image is shown")
     p.add_argument("--track", type=float, help="rotate: the slider's width")
     p.add_argument("--handle", type=float, help="rotate: the slider handle's width")
     p.add_argument("--once", action="store_true", help="stop after the first answer")

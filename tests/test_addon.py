@@ -304,6 +304,6 @@ async def test_a_verify_naming_no_challenge_from_a_client_without_one_is_dropped
         addon_env: Any, caplog: pytest.LogCaptureFixture) -> None:
     _, capture, sidecar = addon_env
     await verify(capture, "10.0.0.5", {"mode": "whirl", "reply": []})
-    await verify(capture, "10.0.0.5", {"id": "q", "mode": "icon", "reply": []})  # a kind this addon does not do
+    await verify(capture, "10.0.0.5", {"id": "q", "mode": "puzzle", "reply": []})  # a kind this addon does not do
     assert events(sidecar) == []
     assert "names no challenge and 10.0.0.5 has none" in caplog.text

@@ -137,7 +137,8 @@ async def verify(device: Device, ch: Challenge, event: dict[str, Any], *, right:
     return await device.verify(ch, value if right else (value + 135) % 271)
 
 
-async def assert_pictures(page: Page, device: Device, ch: Challenge, token: str = "") -> None:
+async def assert_pictures(page: Page, device: Device, ch: Challenge, token: str = "",
+                          min_colours: int = MIN_COLOURS) -> None:
     """The row's thumbnails and drawn answer loaded, and the drawn answer is a real picture (page and API agree)."""
     thumbs = page.locator(f'{row(ch.id)} img.thumb[data-state="loaded"]')
     await expect(thumbs).to_have_count(len(ch.roles))
@@ -146,13 +147,13 @@ async def assert_pictures(page: Page, device: Device, ch: Challenge, token: str 
     await expect(picture).to_have_count(1)
     await picture.evaluate("img => img.decode()")
     seen = await picture.evaluate(SAMPLE_PIXELS)
-    assert seen["width"] > 0 and seen["colours"] >= MIN_COLOURS and seen["std"] >= MIN_STD, seen
+    assert seen["width"] > 0 and seen["colours"] >= min_colours and seen["std"] >= MIN_STD, seen
     r = await device.api("/v1/challenges/answer.png", challenge=ch.id,
                          headers={"Authorization": f"Bearer {token}"} if token else {})
     assert r.status_code == 200 and r.headers["content-type"] == "image/png"
     pixels = np.asarray(Image.open(io.BytesIO(r.content)).convert("RGB"))
     assert pixels.shape[1::-1] == (seen["width"], seen["height"])
-    assert len(np.unique(pixels.reshape(-1, 3), axis=0)) >= MIN_COLOURS and pixels.std() >= MIN_STD
+    assert len(np.unique(pixels.reshape(-1, 3), axis=0)) >= min_colours and pixels.std() >= MIN_STD
 
 
 async def test_rows_pictures_verdicts_and_filter_live(kit: Any, tmp_path: Path) -> None:
@@ -366,3 +367,61 @@ async def test_hostile_names_and_ids_are_plain_text_clipped_and_reach_the_server
             assert browser.errors == [] and browser.console == [], browser.console
         for device in (long, hostile, plain):
             await device.aclose()
+
+
+@pytest.fixture(scope="module")
+def objects_kit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, Path]]:
+    from tests.conftest import SAMPLES, samples_missing
+    from tests.kit.synth import add_object_challenges, real_3d_names
+
+    if not (SAMPLES / "3d-train" / "labels.json").exists():
+        samples_missing(SAMPLES / "3d-train")
+    d = tmp_path_factory.mktemp("objects")
+    generate(d, seed=61, count=1)
+    add_object_challenges(d, real_3d=[(real_3d_names(1)[0], "jpeg")], icons=1)
+    with OriginServer(d) as origin:
+        yield origin, d
+
+
+async def test_object_rows_show_numbered_markers_on_the_points_and_the_prompt(
+        objects_kit: Any, tmp_path: Path) -> None:
+    from addon.publish.answer_picture import MARKER_FILL
+
+    origin, d = objects_kit
+    with FakeOmocaptcha(keys=(KEY,), manifests=(str(d),)) as fake, proxy(
+        origin, tmp_path, omocaptcha_key=KEY, omocaptcha_v2_url=fake.v2_base_url, captcha_solvers="omocaptcha-v2",
+        captcha_poll_ms=50,
+    ) as p:
+        device = Device("127.0.0.2", p.proxy_url, p.ca_path)
+        async with browser_through(p.proxy_url) as browser:
+            page = browser.page
+            await page.goto(PAGE)
+            await page.wait_for_selector('#conn[data-state="live"]')
+            for mode in ("3d", "icon"):
+                ch = await device.get_challenge(mode)
+                await device.fetch_images(ch)
+                event = await answer_of(device, ch)
+                await page.wait_for_selector(f'{row(ch.id)}[data-status="solved"]')
+                await expect(page.locator(f"{row(ch.id)} td.kind")).to_have_text(mode)
+                # The made-up icon picture is a few flat shapes: fewer colours than a photograph.
+                await assert_pictures(page, device, ch, min_colours=MIN_COLOURS if mode == "3d" else 8)
+                if mode == "icon":
+                    events = (await device.api("/v1/events", limit=10)).json()["events"]
+                    [question] = [e["question"] for e in events if e["event"] == "captured" and e["challenge"] == ch.id]
+                    assert question
+                    await expect(page.locator(row(ch.id))).to_contain_text(question)
+                # Each point to click carries the marker's colour in the drawn answer, a little off its centre
+                # (where the number is written).
+                r = await device.api("/v1/challenges/answer.png", challenge=ch.id)
+                drawn = np.asarray(Image.open(io.BytesIO(r.content)).convert("RGB")).astype(int)
+                points = event["answer"]["points"]
+                assert len(points) == 2
+                for point in points:
+                    x, y = round(point["x_natural"]), round(point["y_natural"])
+                    patch = drawn[y - 9:y + 10, x - 9:x + 10].reshape(-1, 3)
+                    near = np.abs(patch - np.array(MARKER_FILL[:3])).sum(axis=1) < 60
+                    assert near.mean() > 0.3, (mode, point, near.mean())
+            shot = Path(os.environ.get("CAPTCHA_SCREENSHOT_DIR", tmp_path)) / "dashboard-objects.png"
+            await page.screenshot(path=str(shot), full_page=True)
+            assert browser.errors == [] and browser.console == []
+        await device.aclose()

@@ -13,7 +13,8 @@ import pytest
 from addon.publish import events as ev
 from addon.publish.board import Board
 from addon.publish.bus import EventBus
-from addon.publish.http_api import WAIT_MAX, ApiHandler, ApiRequest, ApiResponse, drag_for
+from addon.publish.gesture import click_plan, drag_path
+from addon.publish.http_api import WAIT_MAX, ApiHandler, ApiRequest, ApiResponse, drag_for, plan_for
 from addon.solving.base import RotateAnswer, SlideAnswer
 
 TOKEN = "tok-3f9a"
@@ -495,3 +496,28 @@ async def test_an_empty_client_parameter_lists_this_proxys_events(api: Api, flee
     api.captured("", "x")
     r = await api.get("/v1/events", client="")
     assert len(doc(r)["events"]) == 1 and fleet.calls == []
+
+
+async def test_plan_adds_a_seeded_path_beside_the_drag(api: Api) -> None:
+    api.captured("c", "w1", "rotate")
+    api.solved("c", "w1", "rotate")
+    r = doc(await api.get("/v1/answer", caller="c", track="340", handle="69", plan="1"))
+    assert r["drag"] == {"x": 135.5, "travel": 271.0, "angle": 180.0}
+    assert r["path"][0] == [0, 0.0, 0.0] and r["path"][-1][1] == 135.5
+    assert r["path"] == drag_path(135.5, "w1")
+    again = doc(await api.get("/v1/answer/wait", caller="c", track="340", handle="69", plan="true"))
+    assert again["path"] == r["path"]
+    api.captured("c", "s1")
+    api.solved("c", "s1")
+    r = doc(await api.get("/v1/answer", caller="c", width="276", plan="1"))
+    assert r["path"][-1][1] == pytest.approx(138.0) and r["path"] == drag_path(r["drag"]["x"], "s1")
+    # No plan without plan=1, nor without the geometry that gives the drag.
+    assert "path" not in doc(await api.get("/v1/answer", caller="c", width="276"))
+    assert "path" not in doc(await api.get("/v1/answer", caller="c", width="276", plan="0"))
+    assert "path" not in doc(await api.get("/v1/answer", caller="c", plan="1"))
+
+
+def test_plan_for_points_gives_clicks() -> None:
+    drag = {"points": [{"x": 10.0, "y": 20.0}, {"x": 30.0, "y": 40.0}], "width": 340.0}
+    assert plan_for({"challenge": "p1"}, drag) == {"clicks": click_plan([(10.0, 20.0), (30.0, 40.0)], "p1")}
+    assert plan_for({"challenge": "p1"}, {"width": 340.0}) == {}

@@ -313,7 +313,7 @@ def _bad_bodies(kit: Kit) -> dict[str, tuple[Any, str]]:
             "type_job_id must be a string.",
         ),
         "type missing": ({"api_token": KEY, "data": {"image_base64": inner + "|" + outer}}, "type_job_id is required."),
-        "unknown type": ({"api_token": KEY, "data": {**good["data"], "type_job_id": "22"}}, "Job type not found."),
+        "unknown type": ({"api_token": KEY, "data": {**good["data"], "type_job_id": "26"}}, "Job type not found."),
         "type with spaces": ({"api_token": KEY, "data": {**good["data"], "type_job_id": " 23"}}, "Job type not found."),
         "no image": ({"api_token": KEY, "data": {"type_job_id": "23"}}, "image_base64 is required."),
         "image as list": (rot([inner, outer]), "image_base64 is required."),

@@ -187,7 +187,7 @@ def test_processing_until_the_solve_time(kit: Kit) -> None:
     "case", ["swapped", "mixed", "unknown", "slide_bg_as_rotate", "piece", "3d", "whirl_as_slide", "same_twice"]
 )
 def test_wrong_images_fail(kit: Kit, fake: FakeOmocaptcha, client: httpx.Client, case: str) -> None:
-    other = kit.b64("3d", 0, "background")
+    other = kit.b64("3d", 0, "image")
     rotate = {
         "swapped": [kit.b64("whirl", 0, "outer"), kit.b64("whirl", 0, "inner")],
         "mixed": [kit.b64("whirl", 0, "inner"), kit.b64("whirl", 1, "outer")],

@@ -117,7 +117,8 @@ def test_image_files_sizes_formats_and_shapes(kit: Manifest) -> None:
         assert data.startswith(b"\x89PNG" if img.format == "png" else b"\xff\xd8\xff"), (c.id, role)
         im = open_image(kit, img)
         assert im.size == (img.width, img.height)
-        expected = {"outer": (347, 347), "inner": (211, 211), "background": (552, 344), "piece": (110, 110)}
+        expected = {"outer": (347, 347), "inner": (211, 211), "background": (552, 344), "piece": (110, 110),
+                    "image": (552, 344)}
         assert im.size == expected[role]
     for w in kit.whirls():
         outer, inner = open_image(kit, w.url1), open_image(kit, w.images["inner"])
@@ -398,3 +399,53 @@ def test_origin_cli_prints_ports_and_serves(kit: Manifest) -> None:
     finally:
         proc.terminate()
         assert proc.wait(10) == 0
+
+
+def trajectory(x: float, *, ms: float = 900, wobble: float = 3.0, human: bool = True) -> list[dict[str, float]]:
+    """A drag to x: a hand's (fast then easing out, a sine of `wobble` px up and down) or a constant-speed one."""
+    out = []
+    for t in range(0, int(ms) + 1, 15):
+        u = t / ms
+        out.append({"x": round(x * (1 - (1 - u) ** 3 if human else u), 2),
+                    "y": round(20 + wobble * math.sin(math.pi * u), 2), "relative_time": t})
+    out[-1]["x"] = x
+    return out
+
+
+def test_a_web_verify_is_judged_on_its_trajectory_too(origin: OriginServer, kit: Manifest) -> None:
+    w, s = kit.whirls()[2], kit.slides()[2]
+    right_w, right_s = drag(w, w.drag_px), drag(s, s.gap_x * 340 / 552)
+    cases = [
+        (right_w, trajectory(w.drag_px), ""),
+        (right_s, trajectory(right_s["reply"][-1]["x"]), ""),
+        (right_w, trajectory(w.drag_px, human=False), "trajectory_constant_speed"),
+        (right_w, trajectory(w.drag_px, wobble=0), "trajectory_no_wobble"),
+        (right_w, trajectory(w.drag_px, ms=250), "trajectory_too_fast"),
+        (right_w, trajectory(w.drag_px)[-4:], "trajectory_too_few_points"),
+        (drag(w, w.drag_px + 40), trajectory(w.drag_px + 40), "wrong_answer"),
+    ]
+    with httpx.Client(base_url=origin.http_url) as client:
+        for body, reply, reason in cases:
+            status, answer = verify(client, {**body, "reply": reply}, platform="pc")
+            assert (status, answer) == (200, PASS_BODY if not reason else FAIL_BODY), reason
+            logged = origin.stats()["verifications"][-1]
+            assert (logged["id"], logged["reason"]) == (body["id"], reason or None)
+            assert set(logged["trajectory"]) >= {"points"}
+        # Without platform=pc (an app's verify, as the device client's) only the answer is judged, as before.
+        assert verify(client, {**right_w, "reply": trajectory(w.drag_px, human=False, wobble=0, ms=100)}) == (
+            200, PASS_BODY)
+        assert "trajectory" not in origin.stats()["verifications"][-1]
+
+
+def test_the_widget_is_served_on_any_host(origin: OriginServer) -> None:
+    with httpx.Client(base_url=origin.http_url, headers={"Host": "www.example.com"}) as client:
+        page = client.get("/captcha/widget/", params={"mode": "slide"})
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        assert "/captcha/widget/widget.js" in page.text and "https://" not in page.text  # nothing from a CDN
+        script = client.get("/captcha/widget/widget.js")
+        assert script.headers["content-type"].startswith("text/javascript")
+        assert "/captcha/verify?aid=1988&platform=pc" in script.text and "relative_time" in script.text
+        assert client.get("/captcha/widget/widget.css").status_code == 200
+        assert client.get("/captcha/widget/../origin.py").status_code == 404
+        assert client.get("/captcha/widget/nothing.js").status_code == 404
+        assert client.post("/captcha/widget/").status_code == 405

@@ -14,7 +14,7 @@ import pytest
 
 from addon.capture.assemble import Captured, make_part
 from addon.capture.images import Role, probe
-from addon.capture.recognise import Kind
+from addon.kinds import Kind
 from addon.solving import local
 from addon.solving.local import LocalSolver
 from tests.kit.synth import generate

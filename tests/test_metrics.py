@@ -59,7 +59,8 @@ def test_counters_count_events_by_their_labels() -> None:
     for event in EVENTS:
         metrics.observe(event)
     samples = scrape(metrics)
-    assert of(samples, "captcha_captured_total") == {L(kind="rotate"): 3, L(kind="slide"): 2}
+    assert of(samples, "captcha_captured_total") == {L(kind="rotate"): 3, L(kind="slide"): 2, L(kind="3d"): 0,
+                                                     L(kind="icon"): 0}
     assert of(samples, "captcha_solved_total") == {
         L(kind="rotate", service="omocaptcha-v1"): 2, L(kind="slide", service="local"): 1}
     assert of(samples, "captcha_failed_total") == {

@@ -297,10 +297,10 @@ async def test_a_hanging_service_ends_every_challenge_at_its_deadline(
 def test_job_payload_of_whole_images(manifest_dir: Any) -> None:
     whirl, slide = captured_from(manifest_dir, "whirl"), captured_from(manifest_dir, "slide")
     b64 = {r: base64.b64encode(p.body).decode() for r, p in (whirl.images | slide.images).items()}
-    assert job_payload(whirl, 340) == ("23", b64[Role.INNER] + "|" + b64[Role.OUTER], None)
-    assert job_payload(slide, 276) == ("21", b64[Role.BACKGROUND], 276)
+    assert job_payload(whirl, 340) == ("23", b64[Role.INNER] + "|" + b64[Role.OUTER], {})
+    assert job_payload(slide, 276) == ("21", b64[Role.BACKGROUND], {"width_view": 276})
     # The piece is never sent, so a piece cut short does not matter.
-    assert job_payload(cut(slide, Role.PIECE), 340) == ("21", b64[Role.BACKGROUND], 340)
+    assert job_payload(cut(slide, Role.PIECE), 340) == ("21", b64[Role.BACKGROUND], {"width_view": 340})
 
 
 @pytest.mark.parametrize(("mode", "role"), [("whirl", Role.INNER), ("whirl", Role.OUTER), ("slide", Role.BACKGROUND)])

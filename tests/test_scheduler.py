@@ -38,6 +38,7 @@ class Scripted:
     def __init__(self, name: str, *, paid: bool = True, angle: float = 90.0, confidence: float | None = None,
                  fail: str | None = None, delay: float = 0.0, transient: bool = False):
         self.name, self.paid = name, paid
+        self.kinds = frozenset(Kind)
         self.angle, self.confidence, self.fail, self.delay, self.transient = angle, confidence, fail, delay, transient
         self.jobs: list[str] = []
         self.gate: asyncio.Event | None = None

@@ -48,6 +48,7 @@ class Solver:
                  checks: list[str | BaseException | None] | None = None,
                  steps: list[Callable[[Captured, Job], Any]] | None = None):
         self.name, self.paid = name, paid
+        self.kinds = frozenset(Kind)
         self.checks = list(checks or ["5.00"])
         self.steps = list(steps or [])
         self.check_calls = 0

@@ -6,18 +6,15 @@ import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from addon.capture.images import BadImage, ImageInfo, Role, probe
-from addon.capture.recognise import AnnouncedChallenge, Kind, url_key
+from addon.capture.images import BadImage, ImageInfo, probe
+from addon.capture.recognise import AnnouncedChallenge, url_key
+from addon.kinds import GEOMETRY_PAIRS, ROLE_KINDS, SPECS, Kind, Role
 
 PIECE_GRACE = 1.5
 """Seconds a slide whose background is in waits for its piece before it is captured without it."""
 MAX_PENDING = 20_000
 """Challenges being assembled at once, all clients together; the oldest expire early beyond it."""
 
-GEOMETRY_PAIRS = {
-    Role.OUTER: Role.INNER, Role.INNER: Role.OUTER, Role.BACKGROUND: Role.PIECE, Role.PIECE: Role.BACKGROUND,
-}
-ROLE_KINDS = {Role.OUTER: Kind.ROTATE, Role.INNER: Kind.ROTATE, Role.BACKGROUND: Kind.SLIDE, Role.PIECE: Kind.SLIDE}
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +35,10 @@ class Captured:
     images: dict[Role, ImagePart]
     tip_y: float | None
     verify_id: str | None
+    question: str | None = None
+    """An object captcha's prompt, when the traffic carried it."""
+    malformed: str | None = None
+    """Why the challenge cannot be solved as announced (it fails at once, unpaid), else None."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +67,8 @@ class _Pending:
     verify_id: str | None = None
     group: int = 0
     keys: tuple[str, ...] = ()
+    question: str | None = None
+    malformed: str | None = None
 
 
 @dataclass(slots=True)
@@ -129,12 +132,11 @@ class Assembler:
                 for key in keys:
                     self._remember_key(key, client, None, None, now + self.window)
                 continue
-            needs = {Role.OUTER, Role.INNER} if ch.kind is Kind.ROTATE else {Role.BACKGROUND}
-            optional = {Role.PIECE} if ch.kind is Kind.SLIDE and Role.PIECE in ch.urls else set()
+            spec = SPECS[ch.kind]
             pending = _Pending(
                 id=ch.id, client=client, kind=ch.kind, source="get", deadline=now + self.window,
-                needs=frozenset(needs), optional=frozenset(optional), tip_y=ch.tip_y,
-                verify_id=ch.verify_id, group=group, keys=keys,
+                needs=spec.needs, optional=spec.optional & ch.urls.keys(), tip_y=ch.tip_y,
+                verify_id=ch.verify_id, group=group, keys=keys, question=ch.question, malformed=ch.malformed,
             )
             self._pending[ch.id] = pending
             self._by_client.setdefault(client, {})[ch.id] = pending
@@ -174,6 +176,8 @@ class Assembler:
         """An image from a captcha host that no get announced, its role told by its geometry."""
         if self._recent_geometry.get(part.sha256, 0.0) > now:
             return []
+        if part.role not in GEOMETRY_PAIRS:
+            return []
         out: list[Outcome] = []
         loose = self._loose.setdefault(client, {})
         held = loose.get(part.role)
@@ -197,6 +201,16 @@ class Assembler:
             images=images, tip_y=None, verify_id=None,
         ))
         return out
+
+    def add_signed_image(self, client: str, kind: Kind, part: ImagePart, now: float) -> list[Outcome]:
+        """An image no get announced whose path names its kind (`/3d_`, `/icon_`): a challenge of that one image
+        (the prompt of an icon is then unknown). Its `source` is `geometry`, as for every challenge without a get."""
+        if self._recent_geometry.get(part.sha256, 0.0) > now or SPECS[kind].needs != {part.role}:
+            return []
+        images = {part.role: part}
+        self._recent_geometry[part.sha256] = now + 2 * self.window
+        return [Captured(challenge_id=_geometry_id(images), client=client, kind=kind, source="geometry", images=images,
+                         tip_y=None, verify_id=None)]
 
     def tick(self, now: float) -> list[Outcome]:
         """Captures slides whose piece did not come in time, expires what the window ran out on, forgets old keys."""
@@ -278,6 +292,7 @@ class Assembler:
         return Captured(
             challenge_id=pending.id, client=pending.client, kind=pending.kind, source=pending.source,
             images=dict(pending.images), tip_y=pending.tip_y, verify_id=pending.verify_id,
+            question=pending.question, malformed=pending.malformed,
         )
 
     def _drop(self, pending: _Pending, reason: str) -> list[Outcome]:
@@ -287,10 +302,9 @@ class Assembler:
         return [Expired(pending.id, pending.client, pending.kind, dict(pending.images), reason)]
 
     def _expired_loose(self, client: str, images: dict[Role, ImagePart], reason: str) -> Expired:
-        roles = set(images)
-        kind: Kind | None = Kind.ROTATE if roles & {Role.OUTER, Role.INNER} else None
-        if Role.PIECE in roles:
-            kind = Kind.SLIDE
+        # A lone background may be a slide's or nothing at all: only a part that belongs to one kind names it.
+        kinds = {ROLE_KINDS[role] for role in images if role in ROLE_KINDS and role is not Role.BACKGROUND}
+        kind = kinds.pop() if len(kinds) == 1 else None
         return Expired(_geometry_id(images), client, kind, images, reason)
 
     def _enforce_cap(self) -> list[Outcome]:

@@ -5,19 +5,13 @@ from __future__ import annotations
 import io
 import struct
 from dataclasses import dataclass
-from enum import StrEnum
 
 from PIL import Image
 
+from addon.kinds import Role as Role  # re-exported: the roles live with the kinds
+
 MAX_PIXELS = 4_000_000
 """Larger images are refused before anything is decoded: captcha parts are at most 552x344."""
-
-
-class Role(StrEnum):
-    OUTER = "outer"
-    INNER = "inner"
-    BACKGROUND = "background"
-    PIECE = "piece"
 
 
 class BadImage(ValueError):
@@ -126,7 +120,10 @@ def _near(value: int, target: int, tolerance: int) -> bool:
 
 
 def role_by_geometry(info: ImageInfo) -> Role | None:
-    """The role an image's size alone suggests; OUTER still needs `has_open_centre` to be believed."""
+    """The role an image's size alone suggests; OUTER still needs `has_open_centre` to be believed.
+
+    Never an object image's role: a 3d or icon image is 552x344 like a slide background, and only a get or its
+    path (`addon.kinds.kind_by_path`) tells them apart."""
     w, h = info.width, info.height
     if w == h:
         if _near(w, 347, 8):
@@ -197,3 +194,27 @@ def has_open_centre(body: bytes) -> bool:
         if alpha < 32 or min(red, green, blue) > 235:
             open_points += 1
     return open_points >= len(samples) * 0.8
+
+
+OBJECT_ASPECT = (1.3, 1.95)
+"""Width / height of an object captcha's image: 552x344 is 1.6; a square or a strip is not one."""
+OBJECT_MIN_WIDTH = 200
+BLANK_SPREAD = 8
+"""An image whose every channel spans fewer levels than this is blank: there are no objects on it."""
+
+
+def check_object_image(body: bytes, info: ImageInfo) -> None:
+    """Raises BadImage unless the body is a whole, decodable, non-blank picture shaped like a 3d/icon image.
+
+    Runs before any paid job (off the event loop: it decodes the image)."""
+    check_complete(body, info)
+    aspect = info.width / info.height
+    if info.width < OBJECT_MIN_WIDTH or not OBJECT_ASPECT[0] <= aspect <= OBJECT_ASPECT[1]:
+        raise BadImage(f"{info.width}x{info.height} is not the size of an object captcha's image (552x344)")
+    img = decode(body)
+    try:
+        extrema = img.convert("RGB").getextrema()
+    except (OSError, ValueError) as e:
+        raise BadImage(f"image mode {img.mode} does not convert to RGB: {type(e).__name__}") from None
+    if all(int(hi) - int(lo) < BLANK_SPREAD for lo, hi in extrema):  # type: ignore[misc]
+        raise BadImage("the image is blank (one colour): no objects to pick")

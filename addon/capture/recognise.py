@@ -10,11 +10,12 @@ import math
 import re
 import urllib.parse
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any
 
 from addon.capture import edata
-from addon.capture.images import Role
+from addon.kinds import MODE_KINDS as MODE_KINDS
+from addon.kinds import SPECS, Role, kind_of_mode
+from addon.kinds import Kind as Kind  # re-exported for the callers that named it here
 
 MAX_JSON_BODY = 2 * 1024 * 1024
 MAX_INLINE_IMAGE = 4 * 1024 * 1024
@@ -26,17 +27,14 @@ MAX_URL_CHARS = 4096
 """Longer URLs are left out: real image URLs are under 200 characters."""
 
 
-class Kind(StrEnum):
-    ROTATE = "rotate"
-    SLIDE = "slide"
-
-
-MODE_KINDS = {"whirl": Kind.ROTATE, "rotate": Kind.ROTATE, "slide": Kind.SLIDE}
+MAX_QUESTION_CHARS = 500
+"""A longer prompt is not taken for one (real prompts are one short sentence)."""
 CHALLENGE_CODE_MODES = {99996: "whirl", 99999: "slide", 99997: "3d"}
-URL_ROLES = {
-    Kind.ROTATE: (Role.OUTER, Role.INNER),
-    Kind.SLIDE: (Role.BACKGROUND, Role.PIECE),
-}
+QUESTION_FIELDS = ("question", "text", "tip", "tips", "prompt", "title", "desc", "description", "content")
+"""Fields of `question` read first for an object captcha's prompt; after them any other string field that is not
+an image (see `_prompt`)."""
+NOT_PROMPT_FIELDS = frozenset({"tip_y", "url1", "url2", "backup_url1", "backup_url2", "object1", "object2",
+                               "objects"})
 
 VERIFICATION_HOST = re.compile(
     r"(?:^|\.)(?:tiktok\.com|tiktokv\.com|tiktokv\.eu|tiktokv\.us|tiktokw\.eu|tiktokw\.us|byteoversea\.com"
@@ -60,10 +58,14 @@ class AnnouncedChallenge:
     mode: str
     kind: Kind | None
     urls: dict[Role, tuple[str, ...]] = field(default_factory=dict)
-    """Role → the primary URL then its backups. Out-of-scope modes (3d, icon) list theirs under BACKGROUND."""
+    """Role → the primary URL then its backups. Unknown modes list theirs under BACKGROUND (never captured)."""
     inline: dict[Role, bytes] = field(default_factory=dict)
     tip_y: float | None = None
     verify_id: str | None = None
+    question: str | None = None
+    """An object captcha's prompt, when the get carries one."""
+    malformed: str | None = None
+    """Why the get's challenge cannot be solved as it stands (an object captcha naming two images), else None."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,10 +201,10 @@ def _challenge(item: dict[str, Any], verify_id: str | None) -> AnnouncedChalleng
         code = item.get("challenge_code")
         mode = CHALLENGE_CODE_MODES.get(code, "unknown") if isinstance(code, int) else "unknown"
     mode = mode.lower()
-    kind = MODE_KINDS.get(mode)
+    kind = kind_of_mode(mode)
     urls: dict[Role, tuple[str, ...]] = {}
     inline: dict[Role, bytes] = {}
-    roles = URL_ROLES[kind] if kind else (Role.BACKGROUND, None)
+    roles: tuple[Role | None, ...] = SPECS[kind].url_roles if kind else (Role.BACKGROUND, None)
     for n, role in enumerate(roles, start=1):
         if role is None:
             continue
@@ -211,6 +213,9 @@ def _challenge(item: dict[str, Any], verify_id: str | None) -> AnnouncedChalleng
             urls[role] = found
         if kind is not None and (data := _inline(question, n)) is not None:
             inline[role] = data
+    malformed = None
+    if kind is not None and len(roles) < 2 and (_urls(question, 2) or _inline(question, 2) is not None):
+        malformed = f"the get's {mode} challenge names two images; a {mode} challenge has one"
     return AnnouncedChallenge(
         id=challenge_id,
         mode=mode,
@@ -219,7 +224,28 @@ def _challenge(item: dict[str, Any], verify_id: str | None) -> AnnouncedChalleng
         inline=inline,
         tip_y=_number(question.get("tip_y")),
         verify_id=_str(item.get("verify_id")) or verify_id,
+        question=_prompt(question) if kind is not None and SPECS[kind].answer == "points" else None,
+        malformed=malformed,
     )
+
+
+def _prompt(question: dict[str, Any]) -> str | None:
+    """An object captcha's prompt: the first of QUESTION_FIELDS that is a usable string, else any other string
+    field of `question` that is not an image (not a URL, `data:`/`blob:` URI, or long base64). No public sample
+    shows where an icon get keeps its prompt, so this reads defensively; a string over MAX_QUESTION_CHARS is
+    never a prompt."""
+    ordered = [question.get(name) for name in QUESTION_FIELDS]
+    ordered += [v for k, v in question.items() if k not in QUESTION_FIELDS and k not in NOT_PROMPT_FIELDS]
+    for value in ordered:
+        if not isinstance(value, str) or not _is_text(value):
+            continue
+        text = " ".join(value.split())
+        if not text or len(text) > MAX_QUESTION_CHARS or "://" in text or text.startswith(("data:", "blob:")):
+            continue
+        if len(text) > 64 and " " not in text:
+            continue  # base64 or a token, not a sentence
+        return text
+    return None
 
 
 def parse_verify_request(body: bytes) -> VerifyRequest:

@@ -19,7 +19,8 @@ from addon.capture.assemble import Assembler, Captured, Expired, ImagePart, Outc
 from addon.capture.bodies import BodyTooLarge, bounded_content
 from addon.capture.clients import ClientKeyer, parse_spec
 from addon.capture.hosts import host_of
-from addon.capture.recognise import Kind, NotRecognised
+from addon.capture.recognise import NotRecognised
+from addon.kinds import Kind, kind_by_path, kind_of_mode
 from addon.mitm import option_table
 from addon.publish import events as ev
 from addon.publish.bus import EventBus
@@ -192,6 +193,12 @@ class CaptchaCapture:
             self._comment(flow, f"captcha {role} ({info.width}x{info.height} {info.format})")
             self._handle(self.assembler.add_announced_image(key, client, part, now), flow)
             return
+        signed = kind_by_path(key)
+        if signed is not None:
+            part = make_part(images.Role.IMAGE, flow.request.pretty_url, body, info)
+            self._comment(flow, f"captcha {signed} image by its path ({info.width}x{info.height} {info.format})")
+            self._handle(self.assembler.add_signed_image(self.keyer.key(flow), signed, part, now), flow)
+            return
         geometry_role = images.role_by_geometry(info)
         if geometry_role is None:
             return
@@ -225,7 +232,7 @@ class CaptchaCapture:
                                                      f"challenge and {client} has none")
             return
         known = self.challenges.get(challenge)
-        kind = known[1] if known else recognise.MODE_KINDS.get((asked.mode or "").lower())
+        kind = known[1] if known else kind_of_mode(asked.mode)
         if kind is None:
             return
         owner = known[0] if known else client
@@ -264,7 +271,7 @@ class CaptchaCapture:
         _bump(self.newest_captured, c.client, c.challenge_id)
         event = self.bus.emit(ev.Captured(
             client=c.client, challenge=c.challenge_id, kind=str(c.kind), images=ev.image_fields(c.images),
-            source=c.source, tip_y=c.tip_y, verify_id=c.verify_id,
+            source=c.source, tip_y=c.tip_y, verify_id=c.verify_id, question=c.question,
         ))
         if self.bus.wants_images:
             self.bus.emit_images(event, _bodies(c.images))

@@ -2,6 +2,7 @@
 
 Slide: the background with the piece pasted where the answer puts it and a thin line at the answer's x.
 Rotate: the ring with the inner disc turned clockwise by the answer's angle laid in its centre.
+Points (3d, icon): the image with a numbered marker on each point to click, in the order to click them.
 """
 
 from __future__ import annotations
@@ -9,11 +10,13 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, assert_never
 
 import cv2
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
+
+from addon.kinds import SPECS, kind_of_mode
 
 LINE_COLOUR = (255, 0, 200, 255)
 BACKDROP = (255, 255, 255, 255)
@@ -32,13 +35,22 @@ class PictureError(ValueError):
 
 def draw_answer(kind: str, images: Mapping[str, bytes], answer: Mapping[str, Any],
                 tip_y: float | None = None) -> bytes:
-    """PNG of the answer drawn on the images: `images` maps role (outer/inner, background/piece) to its bytes."""
-    if kind == "rotate":
-        picture = _rotate(_open(images, "outer"), _open(images, "inner"), _number(answer, "angle"))
-    elif kind == "slide":
-        picture = _slide(_open(images, "background"), _open(images, "piece"), _number(answer, "x_natural"), tip_y)
-    else:
+    """PNG of the answer drawn on the images: `images` maps role (outer/inner, background/piece, image) to its
+    bytes."""
+    known = kind_of_mode(kind)
+    if known is None:
         raise PictureError(f"no picture for kind {kind!r}")
+    answer_type = SPECS[known].answer
+    match answer_type:
+        case "rotate":
+            picture = _rotate(_open(images, "outer"), _open(images, "inner"), _number(answer, "angle"))
+        case "slide":
+            picture = _slide(_open(images, "background"), _open(images, "piece"), _number(answer, "x_natural"),
+                             tip_y)
+        case "points":
+            picture = _points(_open(images, "image"), answer)
+        case _:
+            assert_never(answer_type)
     flat = Image.new("RGBA", picture.size, BACKDROP)
     flat.alpha_composite(picture)
     # Fast settings: the picture is cached once drawn, and drawing it should not hold up the proxy.
@@ -102,6 +114,29 @@ def _slide(background: Image.Image, piece: Image.Image, x: float, tip_y: float |
     # The line goes under the piece: it shows above and below it without hiding the piece's own left edge.
     ImageDraw.Draw(canvas).line((line_x, 0, line_x, canvas.height - 1), fill=LINE_COLOUR, width=1)
     _paste(canvas, tile, left, top)
+    return canvas
+
+
+MARKER_RADIUS = 11
+MARKER_FILL = (255, 0, 200, 255)
+MARKER_TEXT = (255, 255, 255, 255)
+
+
+def _points(image: Image.Image, answer: Mapping[str, Any]) -> Image.Image:
+    """A numbered disc on each point (in natural pixels), 1 for the first click."""
+    points = answer.get("points")
+    if not isinstance(points, list) or not points:
+        raise PictureError("the answer has no points")
+    canvas = image.convert("RGBA")
+    draw = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default(size=14)
+    r = MARKER_RADIUS
+    for n, point in enumerate(points, start=1):
+        if not isinstance(point, Mapping):
+            raise PictureError(f"point {n} is not an object")
+        x, y = _number(point, "x_natural"), _number(point, "y_natural")
+        draw.ellipse((x - r, y - r, x + r, y + r), fill=MARKER_FILL, outline=(255, 255, 255, 255), width=2)
+        draw.text((x, y), str(n), fill=MARKER_TEXT, font=font, anchor="mm")
     return canvas
 
 

@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 
 from addon.capture.assemble import ImagePart
 from addon.capture.images import Role
+from addon.kinds import SPECS, kind_of_mode
 from addon.solving.base import Answer
 
 FINAL = frozenset(("solved", "failed"))
@@ -76,12 +77,16 @@ class Captured(Event):
     source: str
     tip_y: float | None = None
     verify_id: str | None = None
+    question: str | None = None
 
     def _fields(self, out: dict[str, Any]) -> None:
         out["images"] = {role: part.to_json() for role, part in self.images.items()}
         out["source"] = self.source
         if self.kind == "slide" and self.tip_y is not None:
             out["tip_y"] = self.tip_y
+        kind = kind_of_mode(self.kind)
+        if kind is not None and SPECS[kind].answer == "points":
+            out["question"] = self.question
         if self.verify_id:
             out["verify_id"] = self.verify_id
 

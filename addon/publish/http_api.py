@@ -10,10 +10,12 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, assert_never
 
+from addon.kinds import SPECS, kind_of_mode
 from addon.publish.board import Board
 from addon.publish.events import Event
+from addon.publish.gesture import click_plan, drag_path
 from addon.publish.remote import AnswersUnreachable, RemoteAnswers
 
 WAIT_DEFAULT = 30.0
@@ -55,21 +57,36 @@ PrefixRoute = Callable[[ApiRequest, str], Awaitable[ApiResponse]]
 def drag_for(event: dict[str, Any], query: dict[str, str]) -> dict[str, Any] | None:
     """The drag in the caller's own pixels, when the caller gave its geometry and the event has an answer."""
     answer = event.get("answer")
-    if event.get("event") != "solved" or not isinstance(answer, dict):
+    kind = kind_of_mode(event.get("kind") if isinstance(event.get("kind"), str) else None)
+    if event.get("event") != "solved" or not isinstance(answer, dict) or kind is None:
         return None
-    if event.get("kind") == "slide" and "width" in query:
-        width = _number(query["width"])
-        if width is None:
-            return None
-        return {"x": answer["fraction"] * width, "width": width}
-    if event.get("kind") == "rotate" and "track" in query:
-        track = _number(query["track"])
-        handle = _number(query.get("handle", "0"))
-        if track is None or handle is None or track <= handle:
-            return None
-        travel = track - handle
-        return {"x": answer["fraction"] * travel, "travel": travel, "angle": answer["fraction"] * 360.0}
-    return None
+    answer_type = SPECS[kind].answer
+    match answer_type:
+        case "slide":
+            width = _number(query["width"]) if "width" in query else None
+            if width is None:
+                return None
+            return {"x": answer["fraction"] * width, "width": width}
+        case "rotate":
+            if "track" not in query:
+                return None
+            track = _number(query["track"])
+            handle = _number(query.get("handle", "0"))
+            if track is None or handle is None or track <= handle:
+                return None
+            travel = track - handle
+            return {"x": answer["fraction"] * travel, "travel": travel, "angle": answer["fraction"] * 360.0}
+        case "points":
+            # `?width=W`: the points where to click on the image shown W pixels wide (its height keeps the aspect).
+            width = _number(query["width"]) if "width" in query else None
+            points, width_view, height_view = answer.get("points"), answer.get("width_view"), answer.get("height_view")
+            if width is None or not isinstance(points, list) or not width_view or not height_view:
+                return None
+            height = width * height_view / width_view
+            return {"points": [{"x": p["fraction_x"] * width, "y": p["fraction_y"] * height} for p in points],
+                    "width": width, "height": height}
+        case _:
+            assert_never(answer_type)
 
 
 class ApiHandler:
@@ -215,7 +232,23 @@ def with_drag(event: Event, query: dict[str, str]) -> dict[str, Any]:
 
 def dict_with_drag(doc: dict[str, Any], query: dict[str, str]) -> dict[str, Any]:
     drag = drag_for(doc, query)
-    return {**doc, "drag": drag} if drag is not None else doc
+    if drag is None:
+        return doc
+    if query.get("plan", "").lower() in ("1", "true", "yes"):
+        return {**doc, "drag": drag, **plan_for(doc, drag)}
+    return {**doc, "drag": drag}
+
+
+def plan_for(doc: dict[str, Any], drag: dict[str, Any]) -> dict[str, Any]:
+    """The gesture that replays a converted answer (`?plan=1`), seeded by the challenge id: `path` for a drag,
+    `clicks` for the points of an object captcha."""
+    seed = str(doc.get("challenge"))
+    if isinstance(drag.get("x"), int | float):
+        return {"path": drag_path(float(drag["x"]), seed)}
+    points = drag.get("points")
+    if isinstance(points, list):
+        return {"clicks": click_plan([(float(p["x"]), float(p["y"])) for p in points], seed)}
+    return {}
 
 
 def _number(text: str) -> float | None:

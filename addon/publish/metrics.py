@@ -22,6 +22,8 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from addon.kinds import Kind
+
 logger = logging.getLogger(__name__)
 
 ANSWER_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 45.0, 60.0,
@@ -29,7 +31,7 @@ ANSWER_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 """Capture-to-answer seconds: a local solver answers in milliseconds, a paid service in seconds up to the timeout."""
 NONE = "none"
 """Label value of a field the event lacks (a failure before any solver took the challenge has no service)."""
-KINDS = ("rotate", "slide")
+KINDS = tuple(str(kind) for kind in Kind)
 
 COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "captured": ("Challenges captured whole.", ("kind",)),

@@ -7,16 +7,20 @@ scheduler's, once, for every solver.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, assert_never
 
 from addon.capture.assemble import Captured
 from addon.capture.images import Role
+from addon.kinds import FAILURE_REASONS as FAILURE_REASONS
+from addon.kinds import AnswerType, Kind
 
 WIDGET_TRAVEL = 271.0
 """Slider travel of the 340-px web widget (340 minus a 69-px handle): one full relative turn of the whirl."""
-
-FAILURE_REASONS = ("timeout", "unsolvable", "api_error", "invalid_key", "overloaded", "shutdown", "bad_image")
+NATURAL_SIZE = (552, 344)
+"""A background's or an object image's size when the challenge lacks it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +75,90 @@ class RotateAnswer:
         return {"value": self.value, "fraction": self.fraction, "angle": self.angle}
 
 
-Answer = SlideAnswer | RotateAnswer
+@dataclass(frozen=True, slots=True)
+class Point:
+    x: float
+    """In pixels of the image shown `width_view` wide."""
+    y: float
+    fraction_x: float
+    fraction_y: float
+    x_natural: float
+    """In the image's own pixels."""
+    y_natural: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"x": self.x, "y": self.y, "fraction_x": self.fraction_x, "fraction_y": self.fraction_y,
+                "x_natural": self.x_natural, "y_natural": self.y_natural}
+
+
+class BadPoints(ValueError):
+    """A solver's points are not points on the image (too few, too many, outside it, not numbers)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PointsAnswer:
+    """The objects to click, in order (3d, icon)."""
+
+    points: tuple[Point, ...]
+    width_view: int
+    height_view: int
+
+    @classmethod
+    def from_view(cls, points: Sequence[tuple[float, float]], natural: tuple[int, int], width_view: int,
+                  height_view: int, count: int | None = 2) -> PointsAnswer:
+        """Points in `width_view` x `height_view` pixels; raises BadPoints unless there are `count` (None: one or
+        more) finite points inside the view."""
+        if count is not None and len(points) != count:
+            raise BadPoints(f"{len(points)} points where {count} were expected")
+        if not points:
+            raise BadPoints("no points")
+        out = []
+        for x, y in points:
+            if not (math.isfinite(x) and math.isfinite(y)) or not (0 <= x <= width_view and 0 <= y <= height_view):
+                raise BadPoints(f"point ({x:g}, {y:g}) lies outside the {width_view}x{height_view} image")
+            fx, fy = x / width_view, y / height_view
+            out.append(Point(x=x, y=y, fraction_x=fx, fraction_y=fy, x_natural=fx * natural[0],
+                             y_natural=fy * natural[1]))
+        return cls(points=tuple(out), width_view=width_view, height_view=height_view)
+
+    def scaled(self, width: float) -> dict[str, Any]:
+        """The points in pixels of the image shown `width` wide (the HTTP API's `?width=W`)."""
+        height = width * self.height_view / self.width_view
+        return {"points": [{"x": p.fraction_x * width, "y": p.fraction_y * height} for p in self.points],
+                "width": width, "height": height}
+
+    def to_json(self) -> dict[str, Any]:
+        return {"points": [p.to_json() for p in self.points], "width_view": self.width_view,
+                "height_view": self.height_view}
+
+
+Answer = SlideAnswer | RotateAnswer | PointsAnswer
+
+
+def answer_type(answer: Answer) -> AnswerType:
+    match answer:
+        case RotateAnswer():
+            return "rotate"
+        case SlideAnswer():
+            return "slide"
+        case PointsAnswer():
+            return "points"
+        case _:
+            assert_never(answer)
+
+
+def answer_from_json(answer: AnswerType, doc: dict[str, Any]) -> Answer:
+    """The answer back from its `to_json()` (the fleet hands answers between proxies as JSON)."""
+    match answer:
+        case "rotate":
+            return RotateAnswer(**doc)
+        case "slide":
+            return SlideAnswer(**doc)
+        case "points":
+            return PointsAnswer(points=tuple(Point(**p) for p in doc["points"]), width_view=doc["width_view"],
+                                height_view=doc["height_view"])
+        case _:
+            assert_never(answer)
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +222,9 @@ class Solver(Protocol):
     name: str
     """The `service` named in events: `local`, `omocaptcha-v1`, `omocaptcha-v2`."""
     paid: bool
+    kinds: frozenset[Kind]
+    """The kinds it solves: the scheduler's chain passes it by for any other (and a kind no solver of the chain
+    takes fails `no_solver` at once)."""
 
     async def solve(self, challenge: Captured, job: Job) -> Solution:
         """Solves one challenge or raises SolveFailure. Cancelled when the deadline passes; CPU work runs off the
@@ -151,4 +241,16 @@ class Solver(Protocol):
 
 def natural_width(challenge: Captured) -> int:
     background = challenge.images.get(Role.BACKGROUND)
-    return background.info.width if background is not None else 552
+    return background.info.width if background is not None else NATURAL_SIZE[0]
+
+
+def object_image_size(challenge: Captured) -> tuple[int, int]:
+    """An object captcha's image size (natural pixels)."""
+    image = challenge.images.get(Role.IMAGE)
+    return (image.info.width, image.info.height) if image is not None else NATURAL_SIZE
+
+
+def view_size(challenge: Captured, width_view: int) -> tuple[int, int]:
+    """(width_view, height_view): the image shown `width_view` wide keeps its aspect (340 → 212 for 552x344)."""
+    width, height = object_image_size(challenge)
+    return width_view, max(1, round(width_view * height / width))

@@ -8,11 +8,11 @@ A new kind is one more entry in `_vision_call`.
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import Any, assert_never
 
 from addon.capture.assemble import Captured
 from addon.capture.images import Role
-from addon.capture.recognise import Kind
+from addon.kinds import Kind
 from addon.solving import vision
 from addon.solving.base import Job, RotateAnswer, SlideAnswer, Solution, SolveFailure, natural_width
 from addon.solving.workers import PoolClosed, WorkerCrashed, WorkerPool
@@ -23,6 +23,8 @@ SERVICE = "local"
 class LocalSolver:
     name = SERVICE
     paid = False
+    kinds = frozenset({Kind.ROTATE, Kind.SLIDE})
+    """3d and icon go to the next solver of the chain (or fail `no_solver`)."""
 
     def __init__(self, workers: int | None = None):
         self.pool = WorkerPool("local solver", "addon.solving.vision.warmup:warm_up", workers)
@@ -54,17 +56,23 @@ class LocalSolver:
 def _vision_call(c: Captured) -> tuple[str, tuple[Any, ...]]:
     """The vision function for the challenge's kind ("module:function") and its arguments (image bytes and plain
     numbers)."""
-    if c.kind is Kind.ROTATE:
-        inner, outer = c.images.get(Role.INNER), c.images.get(Role.OUTER)
-        if inner is None or outer is None:
-            raise SolveFailure("bad_image", "rotate challenge without both inner and outer images")
-        return "addon.solving.vision.rotate:solve_rotate", (inner.body, outer.body)
-    if c.kind is Kind.SLIDE:
-        background, piece = c.images.get(Role.BACKGROUND), c.images.get(Role.PIECE)
-        if background is None:
-            raise SolveFailure("bad_image", "slide challenge without its background image")
-        return "addon.solving.vision.slide:solve_slide", (background.body, piece.body if piece else None, c.tip_y)
-    raise SolveFailure("unsolvable", f"the local solver does not solve {c.kind} challenges")
+    match c.kind:
+        case Kind.ROTATE:
+            inner, outer = c.images.get(Role.INNER), c.images.get(Role.OUTER)
+            if inner is None or outer is None:
+                raise SolveFailure("bad_image", "rotate challenge without both inner and outer images")
+            return "addon.solving.vision.rotate:solve_rotate", (inner.body, outer.body)
+        case Kind.SLIDE:
+            background, piece = c.images.get(Role.BACKGROUND), c.images.get(Role.PIECE)
+            if background is None:
+                raise SolveFailure("bad_image", "slide challenge without its background image")
+            return "addon.solving.vision.slide:solve_slide", (background.body, piece.body if piece else None, c.tip_y)
+        case Kind.THREE_D | Kind.ICON:
+            # Not in `kinds`: the scheduler never hands these here. A 3d model joins by adding THREE_D to `kinds`,
+            # a case here naming its pure function of the image bytes, and one in `_solution` for its answer.
+            raise SolveFailure("no_solver", f"the local solver does not solve {c.kind} challenges", reached=False)
+        case _:
+            assert_never(c.kind)
 
 
 def _solution(c: Captured, found: vision.VisionResult, width_view: int) -> Solution:

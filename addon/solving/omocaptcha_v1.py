@@ -7,19 +7,32 @@ import base64
 import json
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, assert_never
 
 import httpx
 
 from addon.capture import images
 from addon.capture.assemble import Captured
 from addon.capture.images import Role
-from addon.capture.recognise import Kind
-from addon.solving.base import Job, RotateAnswer, SlideAnswer, Solution, SolveFailure, natural_width
+from addon.kinds import Kind
+from addon.solving.base import (
+    Answer,
+    BadPoints,
+    Job,
+    PointsAnswer,
+    RotateAnswer,
+    SlideAnswer,
+    Solution,
+    SolveFailure,
+    natural_width,
+    object_image_size,
+    view_size,
+)
 
 DEFAULT_URL = "https://omocaptcha.com/api"
 TYPE_ROTATE_WEB = "23"
 TYPE_SLIDE_WEB = "21"
+TYPE_3D_WEB = "22"
 SERVICE = "omocaptcha-v1"
 CREATE_ATTEMPTS = 3
 POLL_FAULTS_FINAL = 3
@@ -76,10 +89,9 @@ class OmocaptchaClient:
             raise SolveFailure("api_error", f"{call}: {text}", reached=True, transient=False)
         return doc
 
-    async def create_job(self, type_job_id: str, image_base64: str, width_view: int | None = None) -> int:
-        data: dict[str, Any] = {"type_job_id": type_job_id, "image_base64": image_base64}
-        if width_view is not None:
-            data["width_view"] = width_view
+    async def create_job(self, type_job_id: str, image_base64: str, sizes: dict[str, int] | None = None) -> int:
+        """`sizes`: `width_view` (21, 22) and `height_view` (22), the pixels the page shows the image in."""
+        data: dict[str, Any] = {"type_job_id": type_job_id, "image_base64": image_base64, **(sizes or {})}
         doc = await self._post("createJob", {"data": data})
         job_id = doc.get("job_id")
         if isinstance(job_id, str) and job_id.isdigit():
@@ -112,6 +124,8 @@ class OmocaptchaV1Solver:
 
     name = SERVICE
     paid = True
+    kinds = frozenset({Kind.ROTATE, Kind.SLIDE, Kind.THREE_D})
+    """v1 has no job for icon."""
 
     def __init__(self, base_url: str, key: str, http: httpx.AsyncClient):
         self.client = OmocaptchaClient(base_url, key, http)
@@ -123,8 +137,8 @@ class OmocaptchaV1Solver:
         pass
 
     async def solve(self, challenge: Captured, job: Job) -> Solution:
-        type_job_id, payload, width_view = await asyncio.to_thread(job_payload, challenge, job.width_view)
-        job_id = await self._create(job, type_job_id, payload, width_view)
+        type_job_id, payload, sizes = await asyncio.to_thread(job_payload, challenge, job.width_view)
+        job_id = await self._create(job, type_job_id, payload, sizes)
         job.started(job_id)
         poll_faults = 0
         while True:
@@ -150,12 +164,12 @@ class OmocaptchaV1Solver:
                                    else "omocaptcha reported success without a result")
             return Solution(status.result, answer_of(challenge, status.result, job.width_view))
 
-    async def _create(self, job: Job, type_job_id: str, payload: str, width_view: int | None) -> int:
+    async def _create(self, job: Job, type_job_id: str, payload: str, sizes: dict[str, int]) -> int:
         backoff = 1.0
         for attempt in range(1, CREATE_ATTEMPTS + 1):
             try:
                 job.job_sent()
-                job_id = await self.client.create_job(type_job_id, payload, width_view)
+                job_id = await self.client.create_job(type_job_id, payload, sizes)
             except SolveFailure as f:
                 if not f.reached:
                     job.job_not_sent()
@@ -172,33 +186,66 @@ class OmocaptchaV1Solver:
         raise AssertionError("unreachable")
 
 
-def job_payload(c: Captured, width_view: int) -> tuple[str, str, int | None]:
-    """Checks the images are whole (a truncated body fails here, not at the service) and builds the job."""
-    if c.kind is Kind.ROTATE:
-        inner, outer = c.images.get(Role.INNER), c.images.get(Role.OUTER)
-        if inner is None or outer is None:
-            raise images.BadImage("rotate challenge without both inner and outer images")
-        images.check_complete(inner.body, inner.info)
-        images.check_complete(outer.body, outer.info)
-        return TYPE_ROTATE_WEB, b64(inner.body) + "|" + b64(outer.body), None
-    background = c.images.get(Role.BACKGROUND)
-    if background is None:
-        raise images.BadImage("slide challenge without its background image")
-    images.check_complete(background.body, background.info)
-    return TYPE_SLIDE_WEB, b64(background.body), width_view
+def job_payload(c: Captured, width_view: int) -> tuple[str, str, dict[str, int]]:
+    """Checks the images are whole (a truncated body fails here, not at the service) and builds the job:
+    (type_job_id, image_base64, the view sizes the job type wants)."""
+    match c.kind:
+        case Kind.ROTATE:
+            inner, outer = c.images.get(Role.INNER), c.images.get(Role.OUTER)
+            if inner is None or outer is None:
+                raise images.BadImage("rotate challenge without both inner and outer images")
+            images.check_complete(inner.body, inner.info)
+            images.check_complete(outer.body, outer.info)
+            return TYPE_ROTATE_WEB, b64(inner.body) + "|" + b64(outer.body), {}
+        case Kind.SLIDE:
+            background = c.images.get(Role.BACKGROUND)
+            if background is None:
+                raise images.BadImage("slide challenge without its background image")
+            images.check_complete(background.body, background.info)
+            return TYPE_SLIDE_WEB, b64(background.body), {"width_view": width_view}
+        case Kind.THREE_D:
+            image = c.images.get(Role.IMAGE)
+            if image is None:
+                raise images.BadImage("3d challenge without its image")
+            images.check_object_image(image.body, image.info)
+            view_width, view_height = view_size(c, width_view)
+            return TYPE_3D_WEB, b64(image.body), {"width_view": view_width, "height_view": view_height}
+        case Kind.ICON:
+            raise SolveFailure("no_solver", "omocaptcha v1 has no job for icon challenges", reached=False)
+        case _:
+            assert_never(c.kind)
 
 
 def b64(body: bytes) -> str:
     return base64.b64encode(body).decode("ascii")
 
 
-def answer_of(c: Captured, result: str, width_view: int) -> RotateAnswer | SlideAnswer:
+def _float(text: str) -> float:
     try:
-        value = float(result.strip())
+        value = float(text.strip())
     except ValueError:
         value = math.nan
     if not math.isfinite(value):
         raise SolveFailure("api_error", "omocaptcha's result is not a number")
-    if c.kind is Kind.ROTATE:
-        return RotateAnswer.from_value(value)
-    return SlideAnswer.from_view(value, natural_width(c), width_view)
+    return value
+
+
+def answer_of(c: Captured, result: str, width_view: int) -> Answer:
+    match c.kind:
+        case Kind.ROTATE:
+            return RotateAnswer.from_value(_float(result))
+        case Kind.SLIDE:
+            return SlideAnswer.from_view(_float(result), natural_width(c), width_view)
+        case Kind.THREE_D | Kind.ICON:
+            # "x1|y1|x2|y2" in pixels of the image shown width_view x height_view.
+            numbers = [_float(part) for part in result.split("|")] if result.strip() else []
+            if len(numbers) % 2:
+                raise SolveFailure("api_error", f"omocaptcha's result {result[:80]!r} is not x|y pairs")
+            view_width, view_height = view_size(c, width_view)
+            try:
+                return PointsAnswer.from_view(list(zip(numbers[::2], numbers[1::2], strict=True)),
+                                              object_image_size(c), view_width, view_height)
+            except BadPoints as e:
+                raise SolveFailure("api_error", f"omocaptcha's result {result[:80]!r}: {e}") from None
+        case _:
+            assert_never(c.kind)

@@ -12,16 +12,27 @@ import base64
 import json
 import logging
 import math
-from typing import Any
+from typing import Any, assert_never
 
 import httpx
 
 from addon.capture import images
 from addon.capture.assemble import Captured
 from addon.capture.images import Role
-from addon.capture.recognise import Kind
+from addon.kinds import Kind
 from addon.ratelimit import RateLimitedLog
-from addon.solving.base import Job, RotateAnswer, SlideAnswer, Solution, SolveFailure, natural_width
+from addon.solving.base import (
+    BadPoints,
+    Job,
+    PointsAnswer,
+    RotateAnswer,
+    SlideAnswer,
+    Solution,
+    SolveFailure,
+    natural_width,
+    object_image_size,
+    view_size,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +40,8 @@ DEFAULT_URL = "https://api.omocaptcha.com/v2"
 SERVICE = "omocaptcha-v2"
 TASK_ROTATE_WEB = "TiktokRotateWebTask"
 TASK_SLIDE_WEB = "TiktokSliderWebTask"
+TASK_3D_WEB = "Tiktok3DSelectObjectWebTask"
+TASK_ICON_WEB = "TiktokSelectObjectWebTask"
 CREATE_ATTEMPTS = 3
 CREATE_BACKOFF = (1.0, 2.0)
 """Seconds before the second and the third createTask attempt."""
@@ -50,6 +63,7 @@ class OmocaptchaV2Solver:
 
     name = SERVICE
     paid = True
+    kinds = frozenset({Kind.ROTATE, Kind.SLIDE, Kind.THREE_D, Kind.ICON})
 
     def __init__(self, base_url: str, key: str, http: httpx.AsyncClient):
         self.base_url = base_url.rstrip("/") + "/"
@@ -206,18 +220,37 @@ class OmocaptchaV2Solver:
 def task_of(c: Captured, width_view: int) -> dict[str, Any]:
     """Checks the images are whole (a truncated body fails here, not at the service) and builds the task."""
     try:
-        if c.kind is Kind.ROTATE:
-            inner, outer = c.images.get(Role.INNER), c.images.get(Role.OUTER)
-            if inner is None or outer is None:
-                raise images.BadImage("rotate challenge without both inner and outer images")
-            images.check_complete(inner.body, inner.info)
-            images.check_complete(outer.body, outer.info)
-            return {"type": TASK_ROTATE_WEB, "imageBase64s": [_b64(inner.body), _b64(outer.body)]}
-        background = c.images.get(Role.BACKGROUND)
-        if background is None:
-            raise images.BadImage("slide challenge without its background image")
-        images.check_complete(background.body, background.info)
-        return {"type": TASK_SLIDE_WEB, "imageBase64": _b64(background.body), "widthView": width_view}
+        match c.kind:
+            case Kind.ROTATE:
+                inner, outer = c.images.get(Role.INNER), c.images.get(Role.OUTER)
+                if inner is None or outer is None:
+                    raise images.BadImage("rotate challenge without both inner and outer images")
+                images.check_complete(inner.body, inner.info)
+                images.check_complete(outer.body, outer.info)
+                return {"type": TASK_ROTATE_WEB, "imageBase64s": [_b64(inner.body), _b64(outer.body)]}
+            case Kind.SLIDE:
+                background = c.images.get(Role.BACKGROUND)
+                if background is None:
+                    raise images.BadImage("slide challenge without its background image")
+                images.check_complete(background.body, background.info)
+                return {"type": TASK_SLIDE_WEB, "imageBase64": _b64(background.body), "widthView": width_view}
+            case Kind.THREE_D | Kind.ICON:
+                image = c.images.get(Role.IMAGE)
+                if image is None:
+                    raise images.BadImage(f"{c.kind} challenge without its image")
+                images.check_object_image(image.body, image.info)
+                view_width, view_height = view_size(c, width_view)
+                task: dict[str, Any] = {"type": TASK_3D_WEB if c.kind is Kind.THREE_D else TASK_ICON_WEB,
+                                        "imageBase64": _b64(image.body), "widthView": view_width,
+                                        "heightView": view_height}
+                if c.kind is Kind.ICON:
+                    if not c.question:
+                        raise SolveFailure("no_question", "icon challenge without its prompt: the traffic did not "
+                                           "carry a usable one (none, or over 500 characters)", reached=False)
+                    task["question"] = c.question
+                return task
+            case _:
+                assert_never(c.kind)
     except images.BadImage as e:
         raise SolveFailure("bad_image", str(e)[:300], reached=False) from None
 
@@ -237,13 +270,31 @@ def solution_of(c: Captured, solution: Any, width_view: int) -> Solution:
     if not isinstance(solution, dict) or not solution:
         raise SolveFailure("unsolvable", f"{SERVICE} reported the task ready without a solution")
     raw = json.dumps(solution, separators=(",", ":"))
-    if c.kind is Kind.ROTATE:
-        r = _number(solution.get("rotate"))
-        if r is None:
-            raise SolveFailure("api_error", f"{SERVICE}'s solution has no numeric rotate: {raw[:200]}")
-        return Solution(raw, RotateAnswer.from_fraction(1.0 - r))
-    end = solution.get("end")
-    x = _number(end.get("x")) if isinstance(end, dict) else None
-    if x is None:
-        raise SolveFailure("api_error", f"{SERVICE}'s solution has no numeric end.x: {raw[:200]}")
-    return Solution(raw, SlideAnswer.from_view(x, natural_width(c), width_view))
+    match c.kind:
+        case Kind.ROTATE:
+            r = _number(solution.get("rotate"))
+            if r is None:
+                raise SolveFailure("api_error", f"{SERVICE}'s solution has no numeric rotate: {raw[:200]}")
+            return Solution(raw, RotateAnswer.from_fraction(1.0 - r))
+        case Kind.SLIDE:
+            end = solution.get("end")
+            x = _number(end.get("x")) if isinstance(end, dict) else None
+            if x is None:
+                raise SolveFailure("api_error", f"{SERVICE}'s solution has no numeric end.x: {raw[:200]}")
+            return Solution(raw, SlideAnswer.from_view(x, natural_width(c), width_view))
+        case Kind.THREE_D | Kind.ICON:
+            points = []
+            for name in ("pointA", "pointB"):
+                point = solution.get(name)
+                x = _number(point.get("x")) if isinstance(point, dict) else None
+                y = _number(point.get("y")) if isinstance(point, dict) else None
+                if x is None or y is None:
+                    raise SolveFailure("api_error", f"{SERVICE}'s solution has no numeric {name}: {raw[:200]}")
+                points.append((x, y))
+            view_width, view_height = view_size(c, width_view)
+            try:
+                return Solution(raw, PointsAnswer.from_view(points, object_image_size(c), view_width, view_height))
+            except BadPoints as e:
+                raise SolveFailure("api_error", f"{SERVICE}'s solution {raw[:200]}: {e}") from None
+        case _:
+            assert_never(c.kind)

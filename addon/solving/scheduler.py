@@ -15,10 +15,11 @@ from typing import Any
 
 from addon.capture import images
 from addon.capture.assemble import Captured
+from addon.kinds import SPECS
 from addon.publish import events as ev
 from addon.publish.bus import EventBus
 from addon.ratelimit import RateLimitedLog
-from addon.solving.base import RotateAnswer, SlideAnswer, Solution, SolveFailure, Solver
+from addon.solving.base import Solution, SolveFailure, Solver, answer_from_json, answer_type
 from addon.solving.cache import AnswerCache, image_key
 from addon.solving.health import ServiceHealth
 from addon.solving.sharing import SharedSolving
@@ -117,15 +118,30 @@ FROM_CACHE, FROM_REPEAT, FROM_FLEET = "cache", "repeat", "fleet"
 
 
 def shared_json(service: str, solution: Solution) -> str:
-    answer = solution.answer
+    """`kind` here is the answer's type (rotate, slide, points): what it takes to read the answer back."""
     return json.dumps({"service": service, "result": solution.result, "confidence": solution.confidence,
-                       "kind": "rotate" if isinstance(answer, RotateAnswer) else "slide", "answer": answer.to_json()})
+                       "kind": answer_type(solution.answer), "answer": solution.answer.to_json()})
 
 
 def from_shared_json(text: str) -> tuple[str, Solution]:
     doc = json.loads(text)
-    answer = RotateAnswer(**doc["answer"]) if doc["kind"] == "rotate" else SlideAnswer(**doc["answer"])
+    answer = answer_from_json(doc["kind"], doc["answer"])
     return str(doc["service"]), Solution(str(doc["result"]), answer, doc.get("confidence"))
+
+
+def refusal_before_solving(captured: Captured, solvers: tuple[Solver, ...]) -> SolveFailure | None:
+    """Why a challenge fails at once, before any solver or cache: it is malformed, no solver of the chain takes
+    its kind, or it lacks the prompt its kind needs."""
+    kind = captured.kind
+    if captured.malformed:
+        return SolveFailure("bad_image", captured.malformed, reached=False)
+    if not any(kind in s.kinds for s in solvers):
+        names = ", ".join(s.name for s in solvers)
+        return SolveFailure("no_solver", f"no solver of the chain ({names}) takes {kind} challenges", reached=False)
+    if SPECS[kind].needs_question and not captured.question:
+        return SolveFailure("no_question", f"{kind} challenge without its prompt (the traffic did not carry a "
+                            "usable one), so nothing was sent to a solver", reached=False)
+    return None
 
 
 class _Attempt:
@@ -338,7 +354,8 @@ class Scheduler:
         """The configured chain, less services the site proved wrong on these images, with demoted ones moved back
         one place for this kind."""
         wrong = self.cache.wrong_services(run.key)
-        chain = [s for s in self.config.solvers if s.name not in wrong] or list(self.config.solvers)
+        takers = [s for s in self.config.solvers if run.captured.kind in s.kinds]
+        chain = [s for s in takers if s.name not in wrong] or takers
         kind = str(run.captured.kind)
         for i in range(len(chain) - 2, -1, -1):
             if (chain[i].name, kind) in self._demoted:
@@ -346,6 +363,10 @@ class Scheduler:
         return chain
 
     async def _chain(self, run: _Run, config: SchedulerConfig) -> None:
+        refusal = refusal_before_solving(run.captured, config.solvers)
+        if refusal is not None:
+            self._finish_failed(run, refusal.reason, refusal.message)
+            return
         while True:
             cached = self.cache.get(run.key)
             if cached is not None:

@@ -47,8 +47,10 @@ Order = Literal["random", "normal", "reverse"]
 ROLES: dict[str, tuple[str, ...]] = {
     "whirl": ("outer", "inner"),
     "slide": ("background", "piece"),
+    "3d": ("image",),
+    "icon": ("image",),
 }
-"""Image roles of url1 and url2 per mode; any other mode (``3d``, ``icon``) has url1 = ``background`` only."""
+"""Image roles of url1 and url2 per mode; any other mode has url1 = ``background`` only."""
 
 
 # -- network backend that binds the source address ----------------------------------------------------------
@@ -382,21 +384,25 @@ class Device:
         return {"aid": AID, "device_id": self.device_id, "os_type": 0, **extra}
 
     async def get_challenges(
-        self, mode: str, shape: str = "single", scheme: str = "https", host: str = DEFAULT_VERIFY_HOST
+        self, mode: str, shape: str = "single", scheme: str = "https", host: str = DEFAULT_VERIFY_HOST,
+        inline: bool = False,
     ) -> list[Challenge]:
-        """``GET <scheme>://<host>/captcha/get?mode=..&shape=..&scheme=..`` -> every challenge of the answer."""
+        """``GET <scheme>://<host>/captcha/get?mode=..&shape=..&scheme=..`` -> every challenge of the answer.
+        ``inline``: the origin sends the images inside the get (``question.object1``), with no URL to fetch."""
+        extra = {"inline": 1} if inline else {}
         resp = await self.client.get(
             f"{scheme}://{host}/captcha/get",
-            params=self._query(mode=mode, shape=shape, scheme=scheme),
+            params=self._query(mode=mode, shape=shape, scheme=scheme, **extra),
         )
         resp.raise_for_status()
         return parse_challenges(resp.json(), scheme=scheme, host=host)
 
     async def get_challenge(
-        self, mode: str, shape: str = "single", scheme: str = "https", host: str = DEFAULT_VERIFY_HOST
+        self, mode: str, shape: str = "single", scheme: str = "https", host: str = DEFAULT_VERIFY_HOST,
+        inline: bool = False,
     ) -> Challenge:
         """As ``get_challenges``, the first challenge (the origin hands out one per get)."""
-        return (await self.get_challenges(mode, shape, scheme, host))[0]
+        return (await self.get_challenges(mode, shape, scheme, host, inline))[0]
 
     async def fetch_images(
         self,
@@ -465,6 +471,24 @@ class Device:
             params=self._query(mode=challenge.mode),
             json=payload,
         )
+        resp.raise_for_status()
+        decoded, _ = unwrap_edata(resp.json())
+        self.last_verify_body = decoded
+        return verify_passed(decoded)
+
+
+    async def verify_clicks(self, challenge: Challenge, points: Sequence[tuple[float, float]], width: float,
+                            encrypted: bool = False) -> bool:
+        """``POST /captcha/verify`` for an object captcha: one click per point, x and y in units of ``width``
+        (``modified_img_width``), as the app's verify body does (captcha-traffic.md §8)."""
+        body: dict[str, Any] = {
+            "modified_img_width": width, "id": challenge.id, "mode": challenge.mode,
+            "reply": [{"x": x, "y": y, "relative_time": 400 * (n + 1)} for n, (x, y) in enumerate(points)],
+            "models": {}, "reply2": [], "models2": {}, "version": 2, "verify_id": challenge.verify_id,
+        }
+        payload: dict[str, Any] = {"edata": _encode_edata(body)} if encrypted else body
+        resp = await self.client.post(f"{challenge.scheme}://{challenge.host}/captcha/verify",
+                                      params=self._query(mode=challenge.mode), json=payload)
         resp.raise_for_status()
         decoded, _ = unwrap_edata(resp.json())
         self.last_verify_body = decoded

@@ -58,7 +58,7 @@ from tests.kit.origin import listen
 ENDPOINTS: tuple[str, ...] = ("createJob", "getJobResult", "getBalance", "getService")
 PRICE = Decimal("0.00055")
 CENT5 = Decimal("0.00001")
-JOB_TYPES: tuple[str, ...] = ("21", "23")
+JOB_TYPES: tuple[str, ...] = ("21", "22", "23")
 SLIDE_NATURAL_WIDTH = 552
 FIRST_JOB_ID = 1_000_001
 MAX_BODY = 32 * 1024 * 1024
@@ -110,7 +110,11 @@ V2_CALLS: tuple[str, ...] = ("createTask", "getTaskResult", "getBalance", "repor
 V2_ENDPOINTS: tuple[str, ...] = tuple(V2 + call for call in V2_CALLS)
 TASK_ROTATE = "TiktokRotateWebTask"
 TASK_SLIDE = "TiktokSliderWebTask"
-TASK_TYPES: tuple[str, ...] = (TASK_ROTATE, TASK_SLIDE)
+TASK_3D = "Tiktok3DSelectObjectWebTask"
+TASK_ICON = "TiktokSelectObjectWebTask"
+TASK_TYPES: tuple[str, ...] = (TASK_ROTATE, TASK_SLIDE, TASK_3D, TASK_ICON)
+OBJECT_MODES = {"22": "3d", TASK_3D: "3d", TASK_ICON: "icon"}
+"""Job and task types of the object captchas -> the manifest mode they solve."""
 ROTATE_DECIMALS = 2  # the docs' example answer is {"rotate": 0.76}
 
 # The temporary error codes public clients retry; each can be injected by a fault of the same name in lower case.
@@ -171,6 +175,13 @@ def endpoint_of(path: str) -> str | None:
     return None
 
 
+def _view_points(ch: Challenge, width_view: float, height_view: float) -> list[tuple[float, float]]:
+    """The targets' centres in pixels of the image shown width_view x height_view, to one decimal."""
+    assert ch.targets is not None
+    w, h = ch.natural_size
+    return [(round(x * width_view / w, 1), round(y * height_view / h, 1)) for x, y in ch.targets]
+
+
 def _nginx_page(status: int, reason: str) -> str:
     return (
         f"<html>\r\n<head><title>{status} {reason}</title></head>\r\n<body>\r\n"
@@ -210,6 +221,9 @@ class Challenge:
     background_width: float
     angle: float | None = None
     """Clockwise turn (degrees) that lines the disc up with the ring; falls back to drag_px / travel * 360."""
+    targets: tuple[tuple[float, float], ...] | None = None
+    """Object captchas: the centres (natural pixels) of the objects to click."""
+    natural_size: tuple[float, float] = (552.0, 344.0)
 
 
 def load_manifest(directory: Path) -> tuple[dict[str, ImageRef], dict[str, Challenge]]:
@@ -229,6 +243,7 @@ def load_manifest(directory: Path) -> tuple[dict[str, ImageRef], dict[str, Chall
         mode = str(raw["mode"])
         images: Mapping[str, Any] = raw.get("images") or {}
         bg_width = float(SLIDE_NATURAL_WIDTH)
+        natural = (float(SLIDE_NATURAL_WIDTH), 344.0)
         for role, img in images.items():
             blob = (base / str(img["file"])).read_bytes()
             digest = hashlib.sha256(blob).hexdigest()
@@ -236,8 +251,10 @@ def load_manifest(directory: Path) -> tuple[dict[str, ImageRef], dict[str, Chall
             if declared is not None and str(declared).lower() != digest:
                 raise ValueError(f"{manifest_file}: {cid}/{role}: file sha256 {digest} != manifest {declared}")
             index.setdefault(digest, ImageRef(cid, mode, str(role)))
-            if role == "background" and img.get("width"):
+            if role in ("background", "image") and img.get("width"):
                 bg_width = float(img["width"])
+            if role == "image" and img.get("height"):
+                natural = (float(img.get("width") or SLIDE_NATURAL_WIDTH), float(img["height"]))
         drag = raw.get("drag_px")
         if drag is None and raw.get("angle") is not None:
             drag = float(raw["angle"]) / 360.0 * travel
@@ -252,6 +269,8 @@ def load_manifest(directory: Path) -> tuple[dict[str, ImageRef], dict[str, Chall
             gap_x=None if gap is None else float(gap),
             background_width=bg_width,
             angle=None if angle is None else float(angle),
+            targets=tuple((float(t[0]), float(t[1])) for t in raw["targets"]) if raw.get("targets") else None,
+            natural_size=natural,
         )
     return index, challenges
 
@@ -964,9 +983,18 @@ class FakeState:
         parts = image_base64.split("|")
         if type_job_id == "23" and len(parts) != 2:
             return _error("image_base64 must be two images joined by '|' for type_job_id 23.")
-        if type_job_id == "21" and len(parts) != 1:
-            return _error("image_base64 must be one image for type_job_id 21.")
+        if type_job_id in ("21", "22") and len(parts) != 1:
+            return _error(f"image_base64 must be one image for type_job_id {type_job_id}.")
         width_view: float | None = None
+        height_view: float | None = None
+        if type_job_id == "22":
+            for name in ("width_view", "height_view"):
+                value = data.get(name)
+                if value is None:
+                    return _error(f"{name} is required.")
+                if not _is_number(value) or not math.isfinite(value) or value <= 0:
+                    return _error(f"{name} must be a positive number.")
+            width_view, height_view = float(data["width_view"]), float(data["height_view"])
         if type_job_id == "21":
             wv = data.get("width_view")
             if wv is None:
@@ -991,7 +1019,7 @@ class FakeState:
             balance = self.balance_of(key)
             if balance < PRICE:
                 return _error("Balance not enough.")
-            result, challenge, reason = self._solve(type_job_id, digests, width_view)
+            result, challenge, reason = self._solve(type_job_id, digests, width_view, height_view)
             share = self.settings.fail_share
             if result is not None and share > 0 and self.drawer.pick("fail", {"fail": share}) == "fail":
                 self.drawer.confirm("fail", "fail")
@@ -1015,9 +1043,16 @@ class FakeState:
         return Outcome(body={"error": False, "job_id": job.id, "message": "Create job success."}, job=job)
 
     def _solve(
-        self, type_job_id: str, digests: list[str], width_view: float | None
+        self, type_job_id: str, digests: list[str], width_view: float | None, height_view: float | None = None
     ) -> tuple[str | None, str | None, str | None]:
-        """(result, challenge id, reason for failing)."""
+        """(result, challenge id, reason for failing). 22: "x1|y1|x2|y2" in width_view x height_view pixels."""
+        if type_job_id == "22":
+            assert width_view is not None and height_view is not None
+            och, ocid, oreason = self._match_object("3d", digests)
+            if och is None:
+                return None, ocid, oreason
+            points = _view_points(och, width_view, height_view)
+            return "|".join(f"{v:g}" for p in points for v in p), och.id, None
         ch, cid, reason = self._match(type_job_id == "23", digests)
         if ch is None:
             return None, cid, reason
@@ -1048,6 +1083,15 @@ class FakeState:
             return None, None, "unknown_image"
         ch = self.challenges.get(ref.challenge)
         if ref.role != "background" or ch is None or ch.mode != "slide" or ch.gap_x is None:
+            return None, ref.challenge, "wrong_role"
+        return ch, ch.id, None
+
+    def _match_object(self, mode: str, digests: list[str]) -> tuple[Challenge | None, str | None, str | None]:
+        ref = self.index.get(digests[0]) if len(digests) == 1 else None
+        if ref is None:
+            return None, None, "unknown_image"
+        ch = self.challenges.get(ref.challenge)
+        if ref.role != "image" or ch is None or ch.mode != mode or not ch.targets:
             return None, ref.challenge, "wrong_role"
         return ch, ch.id, None
 
@@ -1091,6 +1135,7 @@ class FakeState:
             return _v2_error("ERROR_TASK_NOT_SUPPORTED", "Task type is not supported.")
         parts: list[str] = []
         width_view: int | None = None
+        height_view: int | None = None
         if task_type == TASK_ROTATE:
             images = task.get("imageBase64s")
             if images is None:
@@ -1102,6 +1147,18 @@ class FakeState:
             if not all(isinstance(p, str) and p for p in images):
                 return _v2_error("ERROR_BAD_PARAMETERS", "imageBase64s must hold two non-empty strings.")
             parts = list(images)
+        elif task_type in (TASK_3D, TASK_ICON):
+            image = task.get("imageBase64")
+            if not isinstance(image, str) or not image:
+                return _v2_error("ERROR_BAD_PARAMETERS", "imageBase64 is required.")
+            for name in ("widthView", "heightView"):
+                value = task.get(name)
+                if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                    return _v2_error("ERROR_BAD_PARAMETERS", f"{name} must be a positive integer.")
+            question = task.get("question")
+            if task_type == TASK_ICON and (not isinstance(question, str) or not question.strip()):
+                return _v2_error("ERROR_BAD_PARAMETERS", f"question is required for {TASK_ICON}.")
+            parts, width_view, height_view = [image], task["widthView"], task["heightView"]
         else:
             image = task.get("imageBase64")
             if not isinstance(image, str) or not image:
@@ -1129,7 +1186,7 @@ class FakeState:
             balance = self.balance_of(key)
             if balance < PRICE:
                 return _v2_error("ERROR_ZERO_BALANCE", "Account has zero balance.")
-            solution, challenge, reason = self._solve_v2(task_type, digests, width_view)
+            solution, challenge, reason = self._solve_v2(task_type, digests, width_view, height_view)
             share = self.settings.fail_share
             if solution is not None and share > 0 and self.drawer.pick("fail", {"fail": share}) == "fail":
                 self.drawer.confirm("fail", "fail")
@@ -1151,10 +1208,18 @@ class FakeState:
         return Outcome(body={"errorId": 0, "taskId": created.id}, task=created)
 
     def _solve_v2(
-        self, task_type: str, digests: list[str], width_view: int | None
+        self, task_type: str, digests: list[str], width_view: int | None, height_view: int | None = None
     ) -> tuple[dict[str, Any] | None, str | None, str | None]:
         """(solution, challenge id, reason for failing). Rotate: r = 1 - angle / 360 (the handle's target is
-        (track - handle) * (1 - r)), to ROTATE_DECIMALS; slide: end.x in widthView pixels, a whole number."""
+        (track - handle) * (1 - r)), to ROTATE_DECIMALS; slide: end.x in widthView pixels, a whole number;
+        objects: pointA, pointB in widthView x heightView pixels."""
+        if task_type in OBJECT_MODES:
+            assert width_view is not None and height_view is not None
+            och, ocid, oreason = self._match_object(OBJECT_MODES[task_type], digests)
+            if och is None:
+                return None, ocid, oreason
+            (ax, ay), (bx, by) = _view_points(och, width_view, height_view)[:2]
+            return {"pointA": {"x": ax, "y": ay}, "pointB": {"x": bx, "y": by}}, och.id, None
         ch, cid, reason = self._match(task_type == TASK_ROTATE, digests)
         if ch is None:
             return None, cid, reason

@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import dataclasses
 import datetime
 import hashlib
 import ipaddress
+import itertools
 import json
+import logging
 import signal
 import socket
 import tempfile
@@ -32,7 +35,9 @@ from types import TracebackType
 from typing import Any, Self, cast
 
 from tests.kit.edata_codec import EdataError, decode_edata, encode_edata, find_edata
-from tests.kit.synth import AnyChallenge, Manifest, SlideChallenge, WhirlChallenge
+from tests.kit.synth import AnyChallenge, Manifest, SlideChallenge, ThreeDChallenge, WhirlChallenge
+
+logger = logging.getLogger("tests.kit.origin")
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -42,6 +47,7 @@ Send = Callable[[Message], Awaitable[None]]
 CDN_HOST = "p16-rc-captcha-va.ibyteimg.com"
 BACKUP_HOST = "p19-rc-captcha-va.ibyteimg.com"
 CHALLENGE_CODES = {"whirl": 99996, "slide": 99999, "3d": 99997}
+CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 PASS = {"code": 200, "data": None, "message": "Verification complete", "msg_code": "200", "msg_sub_code": "success"}
 FAIL = {"code": 500, "data": {"msg": "VerifyErr"}, "message": "Unable to verify. Please try again.",
         "msg_code": "500", "msg_sub_code": "verify_err"}
@@ -55,6 +61,17 @@ MAX_PLAIN_BYTES = 64 << 20
 SHAPES = ("single", "list", "edata")
 SCHEMES = ("https", "http")
 VERIFICATION_LOG = 1000
+WIDGET_DIR = Path(__file__).resolve().with_name("widget")
+WIDGET_PATH = "/captcha/widget"
+WIDGET_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
+                ".css": "text/css; charset=utf-8"}
+# How the origin judges a web widget's trajectory (a verify with `platform=pc`), the way sites tell a bot's drag.
+TRAJECTORY_MIN_POINTS = 5
+TRAJECTORY_MIN_MS = 300.0
+TRAJECTORY_MIN_WOBBLE_PX = 1.0
+TRAJECTORY_MIN_PEAK_RATIO = 1.3
+"""The fastest fifth of the drag (by time) must be at least this much faster than the drag's average speed."""
+TRAJECTORY_BINS = 5
 CERT_NAMES = ("localhost", "*.tiktokv.com", "*.tiktok.com", "*.tiktokv.eu", "*.tiktokv.us", "*.tiktokw.eu",
               "*.ibyteimg.com", "*.tiktokcdn-eu.com", "*.byteimg.com", "*.byteoversea.com", "*.zijieapi.com",
               "*.snssdk.com")
@@ -95,7 +112,7 @@ class Origin:
         for c in self.manifest.challenges:
             for img in c.images.values():
                 data = (self.dir / img.file).read_bytes()
-                self.images[img.path] = (data, "image/png" if img.format == "png" else "image/jpeg")
+                self.images[img.path] = (data, CONTENT_TYPES[img.format])
         self._lock = threading.Lock()
         self.handed: Counter[str] = Counter()
         self.served: Counter[str] = Counter()
@@ -136,14 +153,20 @@ class Origin:
 
     # -- bodies -----------------------------------------------------------------------------------------------
 
-    def get_body(self, c: AnyChallenge, shape: str, scheme: str) -> dict[str, Any]:
+    def get_body(self, c: AnyChallenge, shape: str, scheme: str, inline: bool = False) -> dict[str, Any]:
+        """`inline`: the images travel in the get as `question.object1`, ... (`data:` URIs), not as URLs."""
         question: dict[str, Any] = {}
         for n, img in enumerate((c.url1, c.url2), start=1):
-            if img is not None:
+            if img is not None and inline:
+                data, content_type = self.images[img.path]
+                question[f"object{n}"] = f"data:{content_type};base64,{base64.b64encode(data).decode()}"
+            elif img is not None:
                 question[f"url{n}"] = f"{scheme}://{CDN_HOST}{img.path}"
         question["tip_y"] = c.tip_y if isinstance(c, SlideChallenge) else 0
+        if isinstance(c, ThreeDChallenge) and c.question:
+            question["tip"] = c.question  # where an icon get keeps its prompt is unknown (captcha-traffic.md §8)
         for n, img in enumerate((c.url1, c.url2), start=1):
-            if img is not None:
+            if img is not None and not inline:
                 question[f"backup_url{n}"] = [f"{scheme}://{BACKUP_HOST}{img.path}"]
         item = {"id": c.id, "mode": c.mode, "challenge_code": CHALLENGE_CODES.get(c.mode, 0), "question": question}
         verify_id = f"Verify_{uuid.uuid4()}"
@@ -158,8 +181,9 @@ class Origin:
         sealed = encode_edata(listed)
         return {"data": {"edata": sealed}} if turn % 2 else {"edata": sealed}
 
-    def judge(self, request: dict[str, Any]) -> tuple[bool, str]:
-        """Whether the drag in a verify request solves its challenge, and why not."""
+    def judge(self, request: dict[str, Any], web: bool = False) -> tuple[bool, str]:
+        """Whether the drag in a verify request solves its challenge, and why not. `web`: the web widget's verify,
+        whose trajectory is judged too (once the answer is right)."""
         with self._lock:
             c = self.typed.get(str(request.get("id")))
         if c is None:
@@ -170,6 +194,8 @@ class Origin:
         reply = request.get("reply")
         if not isinstance(reply, list) or not reply or not isinstance(reply[-1], dict):
             return False, "no_reply"
+        if isinstance(c, ThreeDChallenge):
+            return self._judge_clicks(c, reply, request.get("modified_img_width", DEFAULT_WIDTH))
         x, width = _number(reply[-1].get("x")), _number(request.get("modified_img_width", DEFAULT_WIDTH))
         if x is None or width is None or width <= 0:
             return False, "bad_numbers"
@@ -180,7 +206,38 @@ class Origin:
             ok = min(diff, 360 - diff) <= WHIRL_TOLERANCE_DEG
         else:
             return False, "not_draggable"
-        return ok, "" if ok else "wrong_answer"
+        if not ok:
+            return False, "wrong_answer"
+        if web:
+            why, _ = judge_trajectory(reply)
+            if why:
+                return False, why
+        return True, ""
+
+    @staticmethod
+    def _judge_clicks(c: ThreeDChallenge, reply: list[Any], width_value: Any) -> tuple[bool, str]:
+        """Object captchas: one click (x and y in `modified_img_width` units) inside each target box."""
+        width = _number(width_value)
+        if c.targets is None:
+            return False, "no_truth"
+        if width is None or width <= 0:
+            return False, "bad_numbers"
+        scale = c.url1.width / width
+        clicks = []
+        for point in reply:
+            x, y = (_number(point.get("x")), _number(point.get("y"))) if isinstance(point, dict) else (None, None)
+            if x is None or y is None:
+                return False, "bad_numbers"
+            clicks.append((x * scale, y * scale))
+        if len(clicks) != len(c.targets):
+            return False, "wrong_count"
+        left = list(c.targets)
+        for x, y in clicks:
+            hit = next((box for box in left if abs(x - box[0]) <= box[2] / 2 and abs(y - box[1]) <= box[3] / 2), None)
+            if hit is None:
+                return False, "wrong_answer"
+            left.remove(hit)
+        return True, ""
 
     def verify(self, body: bytes, query: dict[str, str]) -> Response:
         try:
@@ -196,15 +253,24 @@ class Origin:
                 request = decode_edata(sealed)
             except EdataError as e:
                 return _error(400, str(e))
-        passed, reason = self.judge(request) if isinstance(request, dict) else (False, "not_an_object")
+        web = query.get("platform") == "pc"
+        passed, reason = self.judge(request, web) if isinstance(request, dict) else (False, "not_an_object")
         reply = request.get("reply") if isinstance(request, dict) else None
+        trajectory: dict[str, Any] | None = None
+        if web and isinstance(reply, list):
+            why, trajectory = judge_trajectory(reply)
+            logger.info("web verify %s: %s; trajectory %s (%s)",
+                        request.get("id") if isinstance(request, dict) else None,
+                        "pass" if passed else f"fail, {reason}", why or "human-like",
+                        ", ".join(f"{k} {v}" for k, v in trajectory.items()))
         with self._lock:
             self.verified["pass" if passed else "fail"] += 1
             self.verifications.append({
                 "id": request.get("id") if isinstance(request, dict) else None, "pass": passed,
                 "reason": reason or None, "edata": sealed is not None,
                 "x": reply[-1].get("x") if isinstance(reply, list) and reply and isinstance(reply[-1], dict) else None,
-                "width": request.get("modified_img_width") if isinstance(request, dict) else None})
+                "width": request.get("modified_img_width") if isinstance(request, dict) else None,
+                **({"trajectory": trajectory} if trajectory is not None else {})})
         answer = PASS if passed else FAIL_LEGACY if query.get("fail_body") == "legacy" else FAIL
         if sealed is None:
             return _json(answer)
@@ -265,6 +331,8 @@ class Origin:
             data, content_type = self.images[path]
             self._count("image")
             return Response(200, data, content_type)
+        if path == WIDGET_PATH or path.startswith(WIDGET_PATH + "/"):
+            return _widget_file(path[len(WIDGET_PATH):]) if reading else _error(405, "method not allowed")
         if path == "/captcha/get":
             return self._get(query) if method == "GET" else _error(405, "method not allowed")
         if path == "/captcha/verify":
@@ -295,11 +363,61 @@ class Origin:
         if c is None:
             return _error(404, f"no challenge of mode {mode!r}")
         self._count("get")
-        return _json(self.get_body(c, shape, scheme), headers=((b"x-testkit-challenge", c.id.encode()),))
+        return _json(self.get_body(c, shape, scheme, inline=query.get("inline") == "1"), headers=((b"x-testkit-challenge", c.id.encode()),))
 
     def _count(self, what: str) -> None:
         with self._lock:
             self.served[what] += 1
+
+
+def _widget_file(rest: str) -> Response:
+    """The widget's page (`/captcha/widget/`) and its files, from tests/kit/widget/."""
+    name = rest.strip("/") or "index.html"
+    target = WIDGET_DIR / name
+    if "/" in name or target.suffix not in WIDGET_TYPES or not target.is_file():
+        return Response(404, b"not found", "text/plain")
+    return Response(200, target.read_bytes(), WIDGET_TYPES[target.suffix], ((b"cache-control", b"no-store"),))
+
+
+def judge_trajectory(reply: list[Any]) -> tuple[str, dict[str, Any]]:
+    """Why a drag's trajectory looks like a bot's (`""` when it looks like a hand's), and what was measured.
+
+    Rejected, in this order: fewer than 5 points; shorter than 300 ms; no vertical wobble (the pointer's y spans
+    less than a pixel); constant speed (cut in five by time, no fifth is 1.3 times faster than the average).
+    """
+    points: list[tuple[float, float, float]] = []
+    for p in reply:
+        if isinstance(p, dict):
+            t, x, y = _number(p.get("relative_time")), _number(p.get("x")), _number(p.get("y"))
+            if t is not None and x is not None and y is not None:
+                points.append((t, x, y))
+    points.sort()
+    if len(points) < TRAJECTORY_MIN_POINTS:
+        return "trajectory_too_few_points", {"points": len(points)}
+    duration = points[-1][0] - points[0][0]
+    ys = [p[2] for p in points]
+    wobble = max(ys) - min(ys)
+    edges = [points[0][0] + duration * k / TRAJECTORY_BINS for k in range(TRAJECTORY_BINS + 1)]
+    xs = [_x_at(points, t) for t in edges]
+    bins = [abs(b - a) for a, b in itertools.pairwise(xs)]
+    ratio = max(bins) / (sum(bins) / TRAJECTORY_BINS) if sum(bins) > 0 else 0.0
+    measured = {"points": len(points), "duration_ms": round(duration), "wobble_px": round(wobble, 2),
+                "peak_ratio": round(ratio, 2)}
+    if duration < TRAJECTORY_MIN_MS:
+        return "trajectory_too_fast", measured
+    if wobble < TRAJECTORY_MIN_WOBBLE_PX:
+        return "trajectory_no_wobble", measured
+    if ratio < TRAJECTORY_MIN_PEAK_RATIO:
+        return "trajectory_constant_speed", measured
+    return "", measured
+
+
+def _x_at(points: list[tuple[float, float, float]], t: float) -> float:
+    """x at time t, linearly between the recorded points around it."""
+    for (t0, x0, _), (t1, x1, _) in itertools.pairwise(points):
+        if t0 <= t <= t1:
+            return x0 if t1 == t0 else x0 + (x1 - x0) * (t - t0) / (t1 - t0)
+    return points[-1][1] if t >= points[-1][0] else points[0][1]
 
 
 def _number(value: Any) -> float | None:
@@ -505,6 +623,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--https-port", type=int, default=0)
     p.add_argument("--host", default="127.0.0.1")
     args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

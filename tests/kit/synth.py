@@ -23,8 +23,8 @@ from typing import Any, ClassVar, Literal, cast
 
 from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageFont, ImageOps
 
-Mode = Literal["whirl", "slide", "3d"]
-Format = Literal["png", "jpeg"]
+Mode = Literal["whirl", "slide", "3d", "icon"]
+Format = Literal["png", "jpeg", "webp"]
 RGB = tuple[int, int, int]
 
 OUTER_SIZE, INNER_SIZE = 347, 211
@@ -120,8 +120,22 @@ class SlideChallenge(Challenge):
 
 @dataclass(frozen=True, kw_only=True)
 class ThreeDChallenge(Challenge):
+    """An object captcha of one image. `targets`: the boxes `[centre x, centre y, width, height]` (natural pixels)
+    of the objects to click, one click in each; None when there is no ground truth (a made-up scene)."""
+
     MODE: ClassVar[Mode] = "3d"
-    ROLES: ClassVar[tuple[str, ...]] = ("background",)
+    ROLES: ClassVar[tuple[str, ...]] = ("image",)
+
+    targets: list[list[float]] | None = None
+    question: str | None = None
+
+    def _truth(self) -> dict[str, Any]:
+        return {"targets": self.targets, "question": self.question}
+
+
+@dataclass(frozen=True, kw_only=True)
+class IconChallenge(ThreeDChallenge):
+    MODE: ClassVar[Mode] = "icon"
 
 
 AnyChallenge = WhirlChallenge | SlideChallenge | ThreeDChallenge
@@ -189,8 +203,9 @@ def _challenge_from_json(c: dict[str, Any], widget: Widget) -> AnyChallenge:
         return WhirlChallenge(angle=angle, drag_px=drag_px, **common)
     if c["mode"] == "slide":
         return SlideChallenge(gap_x=int(c["gap_x"]), tip_y=int(c["tip_y"]), **common)
-    if c["mode"] == "3d":
-        return ThreeDChallenge(**common)
+    if c["mode"] in ("3d", "icon"):
+        cls = IconChallenge if c["mode"] == "icon" else ThreeDChallenge
+        return cls(targets=c.get("targets"), question=c.get("question"), **common)
     raise ValueError(f"unknown mode {c['mode']!r}")
 
 
@@ -555,10 +570,12 @@ class _Writer:
         buf = io.BytesIO()
         if fmt == "png":
             img.save(buf, "PNG", compress_level=1)
+        elif fmt == "webp":
+            img.convert("RGB").save(buf, "WEBP", quality=85)
         else:
             img.convert("RGB").save(buf, "JPEG", quality=85)
         data = buf.getvalue()
-        file = f"{name}.{'png' if fmt == 'png' else 'jpg'}"
+        file = f"{name}.{ {'png': 'png', 'webp': 'webp', 'jpeg': 'jpg'}[fmt] }"
         (self.out_dir / file).write_bytes(data)
         return ImageRef(file, path, hashlib.sha256(data).hexdigest(), img.width, img.height, fmt)
 
@@ -605,7 +622,101 @@ def make_3d(writer: _Writer, seed: int, i: int) -> ThreeDChallenge:
     (path,) = _paths(rng, style, "3d", ("jpeg",))
     image = three_d_scene(rng).convert("RGBA")
     return ThreeDChallenge(id=cid, variant="png", url_style=style,
-                           images={"background": writer.save(image, f"3d-{i:04d}-background", "png", path)})
+                           images={"image": writer.save(image, f"3d-{i:04d}-image", "png", path)})
+
+
+SAMPLES_3D = Path(__file__).resolve().parents[2].parent / "shared" / "samples" / "3d-train"
+"""The real labelled 3d captchas (read at run time, never copied into the repository)."""
+ICON_PROMPTS = {"circle": "Which of these objects are round?", "square": "Which of these objects are square?",
+                "triangle": "Which of these objects have three corners?"}
+
+
+def object_path(rng: random.Random, mode: Mode, fmt: Format) -> str:
+    """A newest-style object image path: `/tos-maliva-i-b4yrtqhy5a-us/3d_2385_<40 hex>_1.jpg~tplv-...`."""
+    ext = {"png": "1.png", "jpeg": "2.jpeg", "webp": "3.webp"}[fmt]
+    return f"/tos-maliva-i-b4yrtqhy5a-us/{mode}_2385_{_hex(rng, 40)}_1.jpg~tplv-b4yrtqhy5a-{ext}"
+
+
+def make_real_3d(writer: _Writer, name: str, fmt: Format, samples: Path = SAMPLES_3D) -> ThreeDChallenge:
+    """A 3d challenge from one labelled real image (`name` in its labels.json, whose `pair` is not null): its two
+    boxes of the duplicated shape are the truth. JPEG is the file's own bytes; PNG and WebP are re-encoded."""
+    labels = json.loads((samples / "labels.json").read_text())["labels"][name]
+    pair = labels["pair"]
+    if pair is None:
+        raise ValueError(f"{name} has no pair")
+    targets = [b["box"] for b in labels["boxes"] if b["cls"] == pair["cls"]]
+    rng = random.Random(f"real3d/{name}/{fmt}")
+    cid, path = _hex(rng, 40), object_path(rng, "3d", fmt)
+    if fmt == "jpeg":
+        data = (samples / name).read_bytes()
+        file = f"3d-{name}"
+        (writer.out_dir / file).write_bytes(data)
+        with Image.open(io.BytesIO(data)) as img:
+            ref = ImageRef(file, path, hashlib.sha256(data).hexdigest(), img.width, img.height, "jpeg")
+    else:
+        with Image.open(samples / name) as img:
+            ref = writer.save(img.convert("RGB"), f"3d-{Path(name).stem}-{fmt}", fmt, path)
+    return ThreeDChallenge(id=cid, variant=fmt, url_style="b4yrtqhy5a", images={"image": ref}, targets=targets)
+
+
+def real_3d_names(count: int, samples: Path = SAMPLES_3D) -> list[str]:
+    """The first `count` files with a pair, one per source picture."""
+    labels = json.loads((samples / "labels.json").read_text())["labels"]
+    seen: set[str] = set()
+    out = []
+    for name in sorted(labels):
+        entry = labels[name]
+        pair = entry["pair"]
+        if pair is not None and entry["source"] not in seen and [b["cls"] for b in entry["boxes"]].count(pair["cls"]) == 2:
+            seen.add(entry["source"])
+            out.append(name)
+        if len(out) == count:
+            break
+    return out
+
+
+def make_icon(writer: _Writer, seed: int, i: int, fmt: Format = "png") -> IconChallenge:
+    """A made-up icon challenge: six shapes on a pale ground, two of them the prompt's kind (the targets)."""
+    rng = random.Random(f"{seed}/icon/{i}")
+    cid = _hex(rng, 40)
+    wanted = list(ICON_PROMPTS)[i % len(ICON_PROMPTS)]
+    others = [k for k in ICON_PROMPTS if k != wanted]
+    shapes = [wanted, wanted] + [rng.choice(others) for _ in range(4)]
+    rng.shuffle(shapes)
+    img = Image.new("RGB", BG_SIZE, (236, 234, 228))
+    draw = ImageDraw.Draw(img)
+    targets: list[list[float]] = []
+    for n, shape in enumerate(shapes):
+        cx, cy = 60 + (n % 3) * 180 + rng.uniform(-15, 15), 90 + (n // 3) * 170 + rng.uniform(-15, 15)
+        r = rng.uniform(28, 40)
+        colour = (rng.randint(30, 200), rng.randint(30, 200), rng.randint(30, 200))
+        if shape == "circle":
+            draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=colour)
+        elif shape == "square":
+            draw.rectangle((cx - r, cy - r, cx + r, cy + r), fill=colour)
+        else:
+            draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=colour)
+        if shape == wanted:
+            targets.append([round(cx, 1), round(cy, 1), round(2 * r, 1), round(2 * r, 1)])
+    path = object_path(rng, "icon", fmt)
+    ref = writer.save(img, f"icon-{i:04d}", fmt, path)
+    return IconChallenge(id=cid, variant=fmt, url_style="b4yrtqhy5a", images={"image": ref}, targets=targets,
+                         question=ICON_PROMPTS[wanted])
+
+
+def add_object_challenges(out_dir: Path | str, *, real_3d: Sequence[tuple[str, Format]] = (), icons: int = 0,
+                          seed: int = 1) -> Manifest:
+    """Adds 3d challenges from the real labelled images (file name, format) and `icons` made-up icon challenges
+    to the manifest in `out_dir` (written by `generate`)."""
+    root = Path(out_dir)
+    manifest = load_manifest(root)
+    writer = _Writer(root)
+    # The made-up 3d scenes have no truth: the real ones take their place.
+    manifest.challenges = [c for c in manifest.challenges if not isinstance(c, ThreeDChallenge)]
+    manifest.challenges += [make_real_3d(writer, name, fmt) for name, fmt in real_3d]
+    manifest.challenges += [make_icon(writer, seed, i) for i in range(icons)]
+    (root / "manifest.json").write_text(json.dumps(manifest.to_json(), indent=1) + "\n")
+    return manifest
 
 
 def three_d_count(count: int) -> int:

@@ -109,6 +109,7 @@
         row.capturedAt = Date.parse(ev.time);
         setTime(row, ev.time);
         addRoles(row, ev.images);
+        if (typeof ev.question === "string" && ev.question) row.question = ev.question;
         setStatus(row, "captured");
         break;
       case "solving":
@@ -251,7 +252,13 @@
     if (!a || typeof a !== "object") return ev.result === undefined ? "" : String(ev.result);
     let text;
     if (typeof a.angle === "number") text = a.angle.toFixed(1) + "° clockwise";
-    else if (typeof a.x === "number") text = "x " + a.x.toFixed(1) + (a.width_view ? " of " + a.width_view : "");
+    else if (Array.isArray(a.points)) {
+      // Object captchas: the points to click, numbered as the drawn answer's markers are.
+      text = a.points.map((p, i) => (i + 1) + ": " + Number(p.x).toFixed(0) + "," + Number(p.y).toFixed(0))
+        .join("  ") + (a.width_view ? " of " + a.width_view + "x" + a.height_view : "");
+      const row = state.rows.get(ev.challenge);
+      if (row && row.question) text = "“" + row.question + "” " + text;
+    } else if (typeof a.x === "number") text = "x " + a.x.toFixed(1) + (a.width_view ? " of " + a.width_view : "");
     else text = JSON.stringify(a);
     if (typeof ev.confidence === "number") text += " (confidence " + ev.confidence.toFixed(2) + ")";
     return text;
