@@ -42,12 +42,13 @@ class PoolClosed(Exception):
 
 
 def default_workers() -> int:
-    """One worker per core this process may run on (at most MAX_WORKERS)."""
+    """One worker per core this process may run on but one, which mitmproxy's event loop keeps (at least one
+    worker, at most MAX_WORKERS): workers on every core would compete with the loop they are there to spare."""
     try:
         cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         cores = os.cpu_count() or 1
-    return max(1, min(MAX_WORKERS, cores))
+    return max(1, min(MAX_WORKERS, cores - 1))
 
 
 # --- inside a worker process --------------------------------------------------------------------------------------
