@@ -14,7 +14,18 @@ from addon.capture.assemble import Captured
 from addon.capture.images import Role
 from addon.kinds import Kind
 from addon.solving import vision
-from addon.solving.base import Job, RotateAnswer, SlideAnswer, Solution, SolveFailure, natural_width
+from addon.solving.base import (
+    BadPoints,
+    Job,
+    PointsAnswer,
+    RotateAnswer,
+    SlideAnswer,
+    Solution,
+    SolveFailure,
+    natural_width,
+    object_image_size,
+    view_size,
+)
 from addon.solving.workers import PoolClosed, WorkerCrashed, WorkerPool
 
 SERVICE = "local"
@@ -23,8 +34,8 @@ SERVICE = "local"
 class LocalSolver:
     name = SERVICE
     paid = False
-    kinds = frozenset({Kind.ROTATE, Kind.SLIDE})
-    """3d and icon go to the next solver of the chain (or fail `no_solver`)."""
+    kinds = frozenset({Kind.ROTATE, Kind.SLIDE, Kind.THREE_D})
+    """icon goes to the next solver of the chain (or fails `no_solver`): it needs to read the prompt."""
 
     def __init__(self, workers: int | None = None):
         self.pool = WorkerPool("local solver", "addon.solving.vision.warmup:warm_up", workers)
@@ -45,6 +56,10 @@ class LocalSolver:
         try:
             found: vision.VisionResult = await self.pool.run(target, *args)
         except vision.VisionError as e:
+            if challenge.kind is Kind.THREE_D:
+                # The picture passed the checks every object image gets before solving: the model not finding
+                # the objects is its own limit, so the next solver of the chain may still do better.
+                raise SolveFailure("unsolvable", f"local solver: {e}") from None
             raise SolveFailure("bad_image", f"local solver: {e}") from None
         except WorkerCrashed as e:
             raise SolveFailure("api_error", f"local solver: {e}") from None
@@ -67,20 +82,43 @@ def _vision_call(c: Captured) -> tuple[str, tuple[Any, ...]]:
             if background is None:
                 raise SolveFailure("bad_image", "slide challenge without its background image")
             return "addon.solving.vision.slide:solve_slide", (background.body, piece.body if piece else None, c.tip_y)
-        case Kind.THREE_D | Kind.ICON:
-            # Not in `kinds`: the scheduler never hands these here. A 3d model joins by adding THREE_D to `kinds`,
-            # a case here naming its pure function of the image bytes, and one in `_solution` for its answer.
+        case Kind.THREE_D:
+            image = c.images.get(Role.IMAGE)
+            if image is None:
+                raise SolveFailure("bad_image", "3d challenge without its image")
+            return "addon.solving.vision.objects3d:solve_3d", (image.body,)
+        case Kind.ICON:
+            # Not in `kinds`: the scheduler never hands these here.
             raise SolveFailure("no_solver", f"the local solver does not solve {c.kind} challenges", reached=False)
         case _:
             assert_never(c.kind)
 
 
-def _solution(c: Captured, found: vision.VisionResult, width_view: int) -> Solution:
-    if c.kind is Kind.ROTATE:
-        rotate = RotateAnswer.from_angle(found.value)
-        return Solution(f"{rotate.angle:.1f}", rotate, found.confidence)
-    slide = SlideAnswer.from_natural(found.value, natural_width(c), width_view)
-    return Solution(f"{slide.x_natural:.1f}", slide, found.confidence)
+def _solution(c: Captured, found: Any, width_view: int) -> Solution:
+    """The answer from the vision function's result: a `VisionResult` (rotate: the angle; slide: the gap's x in
+    natural pixels) or, for 3d, an `ObjectsResult` (the two centres in natural pixels)."""
+    match c.kind:
+        case Kind.ROTATE:
+            rotate = RotateAnswer.from_angle(found.value)
+            return Solution(f"{rotate.angle:.1f}", rotate, found.confidence)
+        case Kind.SLIDE:
+            slide = SlideAnswer.from_natural(found.value, natural_width(c), width_view)
+            return Solution(f"{slide.x_natural:.1f}", slide, found.confidence)
+        case Kind.THREE_D:
+            natural = object_image_size(c)
+            view_w, view_h = view_size(c, width_view)
+            sx, sy = view_w / natural[0], view_h / natural[1]  # height_view is rounded: scale each axis
+            try:
+                points = PointsAnswer.from_view([(x * sx, y * sy) for x, y in found.points], natural, view_w, view_h)
+            except BadPoints as e:
+                raise SolveFailure("unsolvable", f"local solver: {e}") from None
+            # Like omocaptcha v1's "x1|y1|x2|y2", but in the image's own pixels.
+            result = "|".join(f"{v:.1f}" for point in found.points for v in point)
+            return Solution(result, points, found.confidence)
+        case Kind.ICON:
+            raise SolveFailure("no_solver", "the local solver does not solve icon challenges", reached=False)
+        case _:
+            assert_never(c.kind)
 
 
 def solve_now(c: Captured, width_view: int) -> Solution:

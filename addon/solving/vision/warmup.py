@@ -33,6 +33,7 @@ def warm_up() -> bool:
         lambda: solve_rotate(encoded(".jpg", disc[:, :, :3]), encoded(".jpg", ring[:, :, :3])),
         lambda: solve_slide(encoded(".jpg", background), encoded(".png", piece), 100.0),
         lambda: solve_slide(encoded(".jpg", background), None, None),
+        _load_3d_model,
     ]
     ran = 0
     for attempt in attempts:
@@ -41,3 +42,9 @@ def warm_up() -> bool:
             attempt()
             ran += 1
     return ran > 0
+
+
+def _load_3d_model() -> None:
+    from addon.solving.vision.objects3d import load_model  # its file is read once per worker, here
+
+    load_model()
