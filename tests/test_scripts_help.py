@@ -21,6 +21,7 @@ NOT_RUNNABLE = {
     "tests/kit/edata_codec.py": "a library: the edata envelope",
     "tests/kit/e2e.py": "a library: the end-to-end tests' shared pieces",
     "tests/kit/redis_server.py": "a library: a real redis-server for the fleet tests",
+    "tests/kit/upstream.py": "a library: the recording upstream proxy of the proxy-mode tests",
     "scripts/answer_api.py": "a library: what the browser examples share",
 }
 

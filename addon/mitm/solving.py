@@ -64,6 +64,8 @@ class CaptchaSolving:
 
     def running(self) -> None:
         self.scheduler.start()
+        if self._factory is not None:
+            self._factory.start()
 
     async def done(self) -> None:
         await self.scheduler.shutdown()

@@ -91,6 +91,19 @@ class SolverFactory:
         self.http = http
         self._specs = {s.name: s for s in specs}
         self._made: dict[str, tuple[tuple[Any, ...], Solver]] = {}
+        self._running = False
+
+    def start(self) -> None:
+        """mitmproxy runs: solvers with work to start (the local solver's workers) start now, and at once for one
+        made later; never in one-shot runs such as `mitmdump --options`."""
+        self._running = True
+        for name, (_, solver) in self._made.items():
+            self._start(self._specs[name], solver)
+
+    @staticmethod
+    def _start(spec: SolverSpec, solver: Solver) -> None:
+        if spec.start is not None:
+            spec.start(solver)
 
     def build(self, settings: ChainSettings) -> tuple[Solver, ...]:
         built = SolverSettings(settings.key, settings.values, self.http)
@@ -101,5 +114,7 @@ class SolverFactory:
             made = self._made.get(name)
             if made is None or made[0] != fingerprint:
                 made = self._made[name] = (fingerprint, spec.build(built))
+            if self._running:
+                self._start(spec, made[1])
             out.append(made[1])
         return tuple(out)

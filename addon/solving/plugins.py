@@ -39,6 +39,9 @@ class SolverSpec:
     options: tuple[Option, ...] = ()
     """Its own options (a base URL, ...), declared with the addon's others in docs/options.md's order."""
     needs_key: bool = False
+    start: Callable[[Solver], None] | None = None
+    """Starts a solver's own work once mitmproxy runs (the factory calls it once per solver object it made);
+    None: nothing to start."""
     auto: bool = False
     """A pick of `captcha_solvers=auto`: the first such spec that needs the key when a key is set, else the first
     that needs none."""
