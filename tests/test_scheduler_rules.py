@@ -65,6 +65,9 @@ class Solver:
         assert isinstance(result, Solution)
         return result
 
+    async def report(self, job_id: str, accepted: bool) -> bool:
+        return False  # a paid service without a report call (PaidHttpSolver's default)
+
     async def check(self) -> str | None:
         self.check_calls += 1
         outcome = self.checks.pop(0) if len(self.checks) > 1 else self.checks[0]
