@@ -347,8 +347,9 @@ class Scheduler:
         except asyncio.CancelledError:
             raise
         except Exception as e:
-            logger.exception("captcha: solving %s failed unexpectedly", run.captured.challenge_id)
-            self._finish_failed(run, "api_error", f"internal error: {type(e).__name__}")
+            logger.exception("captcha: internal error while solving %s (a bug of the addon, not of a service)",
+                             run.captured.challenge_id)
+            self._finish_failed(run, "internal_error", f"internal error: {type(e).__name__}")
 
     def chain_for(self, run: _Run) -> list[Solver]:
         """The configured chain, less services the site proved wrong on these images, with demoted ones moved back
