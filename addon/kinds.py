@@ -39,14 +39,15 @@ AnswerType = Literal["rotate", "slide", "points"]
 
 FailureReason = Literal[
     "timeout", "unsolvable", "api_error", "invalid_key", "overloaded", "shutdown", "bad_image", "no_solver",
-    "no_question",
+    "no_question", "internal_error",
 ]
 FAILURE_REASONS: tuple[FailureReason, ...] = (
     "timeout", "unsolvable", "api_error", "invalid_key", "overloaded", "shutdown", "bad_image", "no_solver",
-    "no_question",
+    "no_question", "internal_error",
 )
 """The `reason` of a `failed` event. `no_solver`: no solver of the chain takes the challenge's kind (nothing was
-sent anywhere). `no_question`: an icon challenge whose prompt the traffic did not carry (nothing was paid)."""
+sent anywhere). `no_question`: an icon challenge whose prompt the traffic did not carry (nothing was paid).
+`internal_error`: a bug of the addon (logged with its traceback), never blamed on a service as `api_error`."""
 
 
 @dataclass(frozen=True, slots=True)

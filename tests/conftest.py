@@ -4,6 +4,7 @@ import base64
 import hashlib
 import json
 import os
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, NoReturn
@@ -12,6 +13,11 @@ import pytest
 from cryptography.hazmat.primitives.ciphers import Cipher
 from cryptography.hazmat.primitives.ciphers.algorithms import ChaCha20
 from mitmproxy.utils import asyncio_utils
+
+# The processes the tests start (mitmdump, the origin, scripts) may keep the project's compiled modules: where the
+# environment sets PYTHONDONTWRITEBYTECODE, each of dozens of mitmdumps would compile the addon again.
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+sys.dont_write_bytecode = False
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT.parent / "shared" / "samples"

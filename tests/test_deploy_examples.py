@@ -128,8 +128,8 @@ def test_unit_starts_the_command_readme_gives() -> None:
     assert Path(argv[0]).name == "uv" and Path(argv[0]).is_absolute()
     assert argv[1:] == ["run", "--no-sync", "mitmdump", "-s", "addon/main.py", "--set", f"confdir={STATE}"]
     assert _unit()["Service"]["WorkingDirectory"] == "/opt/captcha-proxy"
-    readme = (ROOT / "README.md").read_text()
-    assert shlex.join(["uv", *argv[1:]]) in readme
+    deploy = (ROOT / "docs" / "deploy.md").read_text()
+    assert shlex.join(["uv", *argv[1:]]) in deploy
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
@@ -149,7 +149,9 @@ def test_systemd_analyze_verifies_the_unit(tmp_path: Path) -> None:
         assert level < 4.0, security.stdout[-2000:]
 
 
-def test_readme_names_where_each_way_of_giving_the_key_shows_it() -> None:
+def test_docs_name_where_each_way_of_giving_the_key_shows_it() -> None:
     readme = (ROOT / "README.md").read_text()
+    assert "omocaptcha_key_file" in readme and "OMOCAPTCHA_KEY" in readme
+    readme = (ROOT / "docs" / "options.md").read_text()
     assert "omocaptcha_key_file" in readme and "OMOCAPTCHA_KEY" in readme
     assert "/proc/<pid>/environ" in readme

@@ -816,12 +816,14 @@ def test_log_hides_image_bytes(kit: Kit, fake: FakeOmocaptcha, client: httpx.Cli
 def test_stats_count_polls_and_intervals(
     kit: Kit, fake: FakeOmocaptcha, client: httpx.Client, ctl: httpx.Client
 ) -> None:
-    fake.control(solve_seconds=0.3)
+    # Held running for the first three polls, whatever the machine's load; ready at once after that.
+    fake.control(solve_seconds=0, hold=True)
     job = create(client, rotate_body(kit))
     other = create(client, slide_body(kit))
     for _ in range(3):
-        result(client, job)
+        assert result(client, job)["status"] == "running"
         time.sleep(0.12)
+    fake.control(hold=False)
     assert result(client, job)["status"] == "success"
     result(client, job)  # one poll after the final answer
     result(client, other)

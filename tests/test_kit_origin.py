@@ -141,7 +141,8 @@ def test_image_files_sizes_formats_and_shapes(kit: Manifest) -> None:
         alpha = piece.getchannel("A")
         opaque = sum(alpha.histogram()[129:]) / (110 * 110)
         assert 0.3 < opaque < 0.8
-        assert alpha.getbbox() is not None and alpha.getbbox()[0] == 0  # type: ignore[index]
+        # as on real slides, the shape begins 6-7 px inside its 110-px tile (the answer is the tile's left edge)
+        assert alpha.getbbox() is not None and 6 <= alpha.getbbox()[0] <= 7  # type: ignore[index]
     for d in kit.threeds():
         assert d.url1.format == "png" and (d.url1.width, d.url1.height) == (552, 344)
 

@@ -362,7 +362,7 @@ def test_parse_challenge_shapes() -> None:
         {"data": {"challenges": [{"id": "y", "mode": "3d", "question": {"url1": "u"}}], "verify_id": "W"}}
     )
     assert listed[0].shape == "list" and listed[0].verify_id == "W" and listed[0].url2 is None
-    assert listed[0].urls() == {"background": "u"}
+    assert listed[0].urls() == {"image": "u"}
 
 
 # -- through the real proxy ------------------------------------------------------------------------------------

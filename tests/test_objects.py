@@ -78,7 +78,7 @@ def test_a_3d_get_naming_two_images_is_malformed_and_fails_at_once_unpaid() -> N
 
 def test_kinds_no_solver_takes_fail_no_solver_and_an_icon_without_prompt_no_question() -> None:
     v1, v2, local = OmocaptchaV1Solver("http://x", "k", None), OmocaptchaV2Solver("http://x", "k", None), LocalSolver  # type: ignore[arg-type]
-    assert Kind.ICON not in v1.kinds and Kind.THREE_D in v1.kinds and local.kinds == {Kind.ROTATE, Kind.SLIDE}
+    assert Kind.ICON not in v1.kinds and Kind.THREE_D in v1.kinds and local.kinds == {Kind.ROTATE, Kind.SLIDE, Kind.THREE_D}
     refusal = refusal_before_solving(captured(Kind.ICON, question="Which?"), (v1,))
     assert refusal is not None and refusal.reason == "no_solver"
     refusal = refusal_before_solving(captured(Kind.ICON), (v1, v2))

@@ -29,7 +29,7 @@ pytestmark = pytest.mark.usefixtures("eager_tasks")  # the task factory the prox
 @pytest.fixture(scope="module")
 def manifest_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
     d = tmp_path_factory.mktemp("manifest")
-    return d, tiny_manifest(d)
+    return d, tiny_manifest(d, whirls=8)  # eight image sets: repeats of one would wait for its answer, unpaid
 
 
 @pytest.fixture
@@ -254,7 +254,7 @@ async def test_jobs_in_flight_are_bounded_and_overflow_fails_as_overloaded(
     fake.control(solve_seconds=0.3)
     h = Harness(fake.base_url, max_jobs=2, max_waiting=3)
     for n in range(8):
-        h.solver.submit(captured_from(manifest_dir, "whirl", n % 2, client=f"c{n}", suffix=f"-{n}"))
+        h.solver.submit(captured_from(manifest_dir, "whirl", n, client=f"c{n}", suffix=f"-{n}"))
     assert h.solver.in_flight == 5
     finals = await h.settle(8)
     assert [f.get("reason", "solved") for f in finals[:3]] == ["overloaded"] * 3
@@ -268,7 +268,7 @@ async def test_shutdown_fails_everything_in_flight(fake: FakeOmocaptcha, manifes
     fake.control(solve_seconds=30)
     h = Harness(fake.base_url, timeout_s=60)
     for n in range(3):
-        h.solver.submit(captured_from(manifest_dir, "whirl", n % 2, client=f"c{n}", suffix=f"-{n}"))
+        h.solver.submit(captured_from(manifest_dir, "whirl", n, client=f"c{n}", suffix=f"-{n}"))
     await h.until(lambda: len([e for e in h.events if e["event"] == "solving"]) == 3)
     await h.solver.shutdown()
     assert sorted(f["reason"] for f in h.finals()) == ["shutdown"] * 3

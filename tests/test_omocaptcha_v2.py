@@ -168,9 +168,15 @@ async def test_slide_answers_equal_the_truth(
 async def test_polls_after_poll_s_until_ready(
     manifest: Manifest, fake: FakeOmocaptcha, solver: OmocaptchaV2Solver
 ) -> None:
-    fake.control(solve_seconds=0.15)
+    # The task stays processing until the test has seen three polls (the fake's hold), whatever the machine's load.
+    fake.control(solve_seconds=0, hold=True)
     job = RecordingJob(poll_s=0.05)
-    await solver.solve(captured(manifest, manifest.whirls()[0]), job)
+    solving = asyncio.create_task(solver.solve(captured(manifest, manifest.whirls()[0]), job))
+    async with asyncio.timeout(30):
+        while len([e for e in fake.log() if e["path"] == "/v2/getTaskResult"]) < 3:
+            await asyncio.sleep(0.01)
+    fake.control(hold=False)
+    await solving
     log = fake.log()
     times = [e["time"] for e in log if e["path"] == "/v2/getTaskResult"]
     assert len(times) >= 3

@@ -68,7 +68,8 @@ def test_shape_b_list_with_slide_and_3d() -> None:
     slide, three_d = parse_get(json.dumps(body).encode())
     assert slide.kind is Kind.SLIDE and slide.tip_y == 87 and slide.verify_id == "Verify_2"
     assert slide.urls == {Role.BACKGROUND: ("https://x/bg.jpeg",), Role.PIECE: ("https://x/piece.png",)}
-    assert three_d.kind is None and three_d.mode == "3d"
+    assert three_d.kind is Kind.THREE_D and three_d.mode == "3d"
+    assert three_d.urls == {Role.IMAGE: ("https://x/3d.jpeg",)}
 
 
 def test_mode_from_challenge_code_when_missing() -> None:

@@ -60,6 +60,9 @@ class Scripted:
             job.service_ok()
         return Solution(str(self.angle), RotateAnswer.from_angle(self.angle), self.confidence)
 
+    async def report(self, job_id: str, accepted: bool) -> bool:
+        return False  # a paid service without a report call (PaidHttpSolver's default)
+
     async def check(self) -> str | None:
         return "1.00" if self.paid else None
 

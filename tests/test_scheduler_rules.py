@@ -65,6 +65,9 @@ class Solver:
         assert isinstance(result, Solution)
         return result
 
+    async def report(self, job_id: str, accepted: bool) -> bool:
+        return False  # a paid service without a report call (PaidHttpSolver's default)
+
     async def check(self) -> str | None:
         self.check_calls += 1
         outcome = self.checks.pop(0) if len(self.checks) > 1 else self.checks[0]
@@ -393,12 +396,12 @@ async def test_a_failure_names_the_service_and_job_it_came_from() -> None:
     await h.scheduler.shutdown()
 
 
-async def test_a_solver_that_breaks_ends_its_challenge_as_api_error(caplog: pytest.LogCaptureFixture) -> None:
+async def test_a_solver_that_breaks_ends_its_challenge_as_internal_error(caplog: pytest.LogCaptureFixture) -> None:
     h = Harness(Solver(steps=[raise_(ZeroDivisionError("x"))]))
     h.scheduler.submit(captured("a"))
     [final] = await h.settle()
-    assert (final["reason"], final["message"]) == ("api_error", "internal error: ZeroDivisionError")
-    assert "captcha: solving a failed unexpectedly" in caplog.messages
+    assert (final["reason"], final["message"]) == ("internal_error", "internal error: ZeroDivisionError")
+    assert "captcha: internal error while solving a (a bug of the addon, not of a service)" in caplog.messages
     await h.scheduler.shutdown()
 
 

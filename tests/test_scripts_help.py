@@ -21,6 +21,7 @@ NOT_RUNNABLE = {
     "tests/kit/edata_codec.py": "a library: the edata envelope",
     "tests/kit/e2e.py": "a library: the end-to-end tests' shared pieces",
     "tests/kit/redis_server.py": "a library: a real redis-server for the fleet tests",
+    "tests/kit/upstream.py": "a library: the recording upstream proxy of the proxy-mode tests",
     "scripts/answer_api.py": "a library: what the browser examples share",
 }
 
@@ -43,16 +44,23 @@ def test_every_script_is_runnable_or_known_not_to_be() -> None:
         runnable)
 
 
-def test_every_runnable_script_prints_usage_with_help() -> None:
+def test_every_runnable_script_prints_usage_with_help(capsys: pytest.CaptureFixture[str]) -> None:
+    """Each script's main(["--help"]) in this process (the imports are shared, so this costs one import of each);
+    one of them also as a process, as a user starts it."""
+    import importlib
+
     runnable, _ = _modules()
-    # Started together: each one mostly waits on imports.
-    procs = {m: subprocess.Popen([sys.executable, "-m", m, "--help"], cwd=ROOT, stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, text=True) for m in runnable}
-    for module, proc in procs.items():
-        out, err = proc.communicate(timeout=120)
-        assert proc.returncode == 0, (module, err[-2000:])
+    for module in runnable:
+        main = importlib.import_module(module).main
+        with pytest.raises(SystemExit) as stopped:
+            main(["--help"])
+        out = capsys.readouterr().out
+        assert stopped.value.code in (0, None), module
         assert out.startswith("usage: "), (module, out[:300])
         assert "--help" in out, module
+    done = subprocess.run([sys.executable, "-m", "scripts.options_table", "--help"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.startswith("usage: "), done.stderr[-2000:]
 
 
 def test_try_it_drives_challenges_through_the_proxy(capsys: pytest.CaptureFixture[str]) -> None:

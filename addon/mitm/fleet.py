@@ -8,20 +8,22 @@ import contextlib
 import logging
 import os
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mitmproxy import ctx
 
-from addon.fleet import LinkState, connect, probe, validate_url
-from addon.fleet.heartbeat import Heartbeat
-from addon.fleet.reader import FleetAnswers, FleetReader
-from addon.fleet.shared import FleetSolveCoordinator
-from addon.fleet.stream import RedisEventStream
 from addon.mitm import option_table, options
 from addon.publish.bus import EventBus
 from addon.publish.events import Event
 from addon.publish.http_api import ApiHandler
 from addon.solving.scheduler import Scheduler
+
+if TYPE_CHECKING:  # redis-py and the fleet's modules load only when fleet mode is on (captcha_redis)
+    from addon.fleet import LinkState
+    from addon.fleet.heartbeat import Heartbeat
+    from addon.fleet.reader import FleetReader
+    from addon.fleet.shared import FleetSolveCoordinator
+    from addon.fleet.stream import RedisEventStream
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +56,8 @@ class CaptchaFleet:
         self._url = ""
         if url:
             try:
+                from addon.fleet import validate_url
+
                 validate_url(url)  # ValueError text never holds the password
                 self._url = url
             except ValueError as e:
@@ -79,6 +83,12 @@ class CaptchaFleet:
         await self._stop()
         if not self._url:
             return
+        from addon.fleet import connect
+        from addon.fleet.heartbeat import Heartbeat
+        from addon.fleet.reader import FleetAnswers, FleetReader
+        from addon.fleet.shared import FleetSolveCoordinator
+        from addon.fleet.stream import RedisEventStream
+
         opts = ctx.options
         try:
             # The option's check lets a backlog of 0 through; the stream needs room for the event on its way.
@@ -111,6 +121,8 @@ class CaptchaFleet:
 
     @staticmethod
     async def _probe(url: str, link: LinkState) -> None:
+        from addon.fleet import probe
+
         problem = await probe(url)
         if problem and not link.down:  # when a part already failed, its line said it
             logger.warning("captcha fleet: %s%s", problem, link.summary)

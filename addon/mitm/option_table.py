@@ -8,43 +8,26 @@ from __future__ import annotations
 import math
 import os
 import re
-import urllib.parse
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any, Literal
+from collections.abc import Mapping
+from typing import Any
 
 from mitmproxy import flowfilter
 
+from addon.option_rules import AddonName as AddonName
+from addon.option_rules import Option as Option
+from addon.option_rules import Rule as Rule
+from addon.option_rules import int_range as _int_range
 from addon.publish.dashboard_api import DEFAULT_CHALLENGES, DEFAULT_MB
-from addon.solving import omocaptcha_v1
-from addon.solving.chain import V2_DEFAULT_URL
+from addon.solving import chain
+from addon.solving.registry import SPECS
 
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _HOST_NAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?$")
 _STREAM_NAME = re.compile(r"^\S{1,200}$")
-SOLVER_NAMES = ("local", "omocaptcha", "omocaptcha-v1", "omocaptcha-v2")
-"""As addon/solving/chain.py reads captcha_solvers: omocaptcha is omocaptcha-v1; case and spaces do not matter."""
-
-AddonName = Literal["api", "capture", "solving", "events", "fleet"]
-"""The addon object (addon/mitm/) whose ``load()`` registers an option."""
-
-
-@dataclass(frozen=True, slots=True)
-class Rule:
-    """What one option accepts: its type and a check of the value (False: refused), described for people."""
-
-    type: type
-    accepted: str
-    check: Callable[[Any], bool] = lambda _value: True
-
-
-def _int_range(low: int, high: int, unit: str) -> Rule:
-    return Rule(int, f"an integer from {low} to {high} ({unit})", lambda v: low <= v <= high)
-
-
-def _http_url(value: str) -> bool:
-    parts = urllib.parse.urlsplit(value.strip())
-    return parts.scheme in ("http", "https") and bool(parts.hostname) and not any(c.isspace() for c in value.strip())
+SOLVER_NAMES = tuple(name for spec in SPECS for name in spec.names())
+"""Every name captcha_solvers takes (addon/solving/registry.py); case and spaces do not matter."""
+SOLVER_OPTIONS: tuple[Option, ...] = tuple(o for spec in SPECS for o in spec.options)
+"""The solvers' own options (their base URLs), from their specs."""
 
 
 def _client_key(value: str) -> bool:
@@ -62,15 +45,6 @@ def _filter(value: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-def _solvers(value: str) -> bool:
-    text = value.strip().lower()
-    if text in ("", "auto", "none"):
-        return True
-    names = [n.strip() for n in text.split(",")]
-    canonical = ["omocaptcha-v1" if n == "omocaptcha" else n for n in names]
-    return all(n in SOLVER_NAMES for n in names) and len(set(canonical)) == len(canonical)
 
 
 def _usd(value: str) -> bool:
@@ -104,25 +78,6 @@ def _writable_file(value: str) -> bool:
     return os.path.isdir(folder) and os.access(folder, os.W_OK | os.X_OK)
 
 
-@dataclass(frozen=True, slots=True)
-class Option:
-    """One option of the addon, as mitmproxy registers it and as docs/options.md shows it."""
-
-    name: str
-    type: type
-    default: Any
-    addon: AddonName
-    help: str
-    """mitmproxy's help text (``mitmdump --options``, mitmweb's options page)."""
-    rule: Rule | None = None
-    """What a value must be; None: mitmproxy's own type check is the rule (captcha_redis: a bad URL is logged and
-    the proxy runs alone, addon/mitm/fleet.py, as the fleet's Redis may be wrong without the proxy being useless)."""
-    shown_default: str | None = None
-    """The default as docs/options.md shows it, where it is more than the literal (a fallback to the environment)."""
-    doc: str | None = None
-    """docs/options.md's meaning column, where it says more than ``help``."""
-
-
 def _key_file(value: str) -> bool:
     from addon.mitm.options import read_key_file  # the reader lives with the key's other rules
 
@@ -139,7 +94,7 @@ OPTIONS: tuple[Option, ...] = (
         doc='the host name the proxy answers the HTTP API and the dashboard for',
     ),
     Option(
-        'captcha_api_token', str, '', 'api',
+        'captcha_api_token', str, '', 'api', secret=True,
         help="When set, the captcha HTTP API wants 'Authorization: Bearer <token>'.",
         rule=Rule(str, "printable, without spaces around it (or empty)", _token),
         doc=(
@@ -191,7 +146,7 @@ OPTIONS: tuple[Option, ...] = (
         rule=Rule(str, 'a mitmproxy filter expression, or "" for the built-in rules', _filter),
     ),
     Option(
-        'omocaptcha_key', str, '', 'solving',
+        'omocaptcha_key', str, '', 'solving', secret=True,
         help=(
             'omocaptcha API key; empty: the OMOCAPTCHA_KEY environment variable. Prefer the environment variable or '
             'omocaptcha_key_file: --set puts the key in ps and shell history.'
@@ -214,29 +169,16 @@ OPTIONS: tuple[Option, ...] = (
         rule=Rule(str, "the path of a readable file holding the key (or empty)", _key_file),
         doc='a file holding the key alone (`chmod 600`); see "Giving the solving key" above',
     ),
-    Option(
-        'omocaptcha_url', str, omocaptcha_v1.DEFAULT_URL, 'solving',
-        help="Base URL of omocaptcha's v1 job API.",
-        rule=Rule(str, "an http:// or https:// URL with a host", _http_url),
-        doc='base URL of the v1 job API, with or without a trailing `/`',
-    ),
-    Option(
-        'omocaptcha_v2_url', str, V2_DEFAULT_URL, 'solving',
-        help="Base URL of omocaptcha's v2 task API.",
-        rule=Rule(str, "an http:// or https:// URL with a host", _http_url),
-        doc='base URL of the v2 task API',
-    ),
+    *SOLVER_OPTIONS,
     Option(
         'captcha_solvers', str, 'auto', 'solving',
         help=(
-            'Solvers tried in order, comma separated: local, omocaptcha (v1), omocaptcha-v2; auto = omocaptcha when a'
-            ' key is set, else local; none = capture only.'
+            f'Solvers tried in order, comma separated: {chain.listed()}; {chain.auto_text()}; none = capture only.'
         ),
-        rule=Rule(str, "auto, none, or a comma-separated list of local, omocaptcha (= omocaptcha-v1), "
-                       "omocaptcha-v2", _solvers),
+        rule=Rule(str, f"auto, none, or a comma-separated list of {chain.listed()}", chain.valid_solvers),
         doc=(
-            'solvers tried in order, comma separated: `local`, `omocaptcha` (v1), `omocaptcha-v2`; `auto` = '
-            '`omocaptcha` when a key is set, else `local`; `none` = capture only (see [solving.md](solving.md))'
+            f'solvers tried in order, comma separated: {chain.listed(code=True)}; {chain.auto_text(code=True)}; '
+            '`none` = capture only (see [solving.md](solving.md))'
         ),
     ),
     Option(

@@ -24,13 +24,14 @@ from typing import Any
 from mitmproxy import ctx, exceptions
 from mitmproxy.optmanager import OptManager, _UnconvertedStrings
 
-from addon.mitm.option_table import RULES
+from addon.mitm.option_table import OPTIONS, RULES
 
 logger = logging.getLogger(__name__)
 
-PREFIXES = ("captcha_", "omocaptcha_")
-"""Option names the addon owns; a deferred name with one of these prefixes that nobody registered is a typo."""
-SECRETS = frozenset({"omocaptcha_key", "captcha_api_token"})
+PREFIXES = tuple(dict.fromkeys(["captcha_", *(o.name.split("_", 1)[0] + "_" for o in OPTIONS)]))
+"""Option names the addon owns (`captcha_`, and each solver's own, `omocaptcha_`); a deferred name with one of these
+prefixes that nobody registered is a typo."""
+SECRETS = frozenset(o.name for o in OPTIONS if o.secret)
 """Options whose value never appears in a message."""
 KEY_ENV = "OMOCAPTCHA_KEY"
 KEY_FILE_MAX = 4096

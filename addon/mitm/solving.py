@@ -10,12 +10,14 @@ import httpx
 from mitmproxy import ctx, exceptions
 
 from addon.mitm import option_table, options
-from addon.solving.chain import ACCEPTED, ChainSettings, SolverFactory, parse_solvers
+from addon.solving.chain import ChainSettings, SolverFactory, accepted, parse_solvers
+from addon.solving.registry import SPECS
 from addon.solving.scheduler import Scheduler, SchedulerConfig
 
 logger = logging.getLogger(__name__)
 
 OPTIONS = frozenset(o.name for o in option_table.OPTIONS if o.addon == "solving")
+NEEDS_KEY = frozenset(spec.name for spec in SPECS if spec.needs_key)
 
 
 class CaptchaSolving:
@@ -41,14 +43,16 @@ class CaptchaSolving:
         try:
             names = parse_solvers(o.captcha_solvers, key)
         except ValueError as e:
-            raise exceptions.OptionsError(f"captcha_solvers={o.captcha_solvers!r}: {e}; accepted: {ACCEPTED}") from None
-        if any(n != "local" for n in names) and not key:
+            raise exceptions.OptionsError(
+                f"captcha_solvers={o.captcha_solvers!r}: {e}; accepted: {accepted()}") from None
+        if NEEDS_KEY.intersection(names) and not key:
             logger.warning("captcha: captcha_solvers names a paid service but no key is set (omocaptcha_key / "
                            "OMOCAPTCHA_KEY): its challenges fail as invalid_key or go to the next solver")
         if self._factory is None:
             self._http = make_http_client(o.captcha_max_jobs)
             self._factory = SolverFactory(self._http)
-        solvers = self._factory.build(ChainSettings(names, key, o.omocaptcha_url.strip(), o.omocaptcha_v2_url.strip()))
+        values = {option.name: getattr(o, option.name) for option in option_table.SOLVER_OPTIONS}
+        solvers = self._factory.build(ChainSettings(names, key, values))
         self.scheduler.configure(SchedulerConfig(
             solvers=solvers, width_view=o.captcha_width_view, poll_s=o.captcha_poll_ms / 1000,
             timeout_s=float(o.captcha_timeout), max_jobs=o.captcha_max_jobs, max_waiting=o.captcha_max_waiting,
@@ -60,6 +64,8 @@ class CaptchaSolving:
 
     def running(self) -> None:
         self.scheduler.start()
+        if self._factory is not None:
+            self._factory.start()
 
     async def done(self) -> None:
         await self.scheduler.shutdown()

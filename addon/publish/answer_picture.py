@@ -10,13 +10,14 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Mapping
-from typing import Any, assert_never
+from typing import TYPE_CHECKING, Any, assert_never
 
-import cv2
-import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from addon.kinds import SPECS, kind_of_mode
+
+if TYPE_CHECKING:
+    import numpy as np
 
 LINE_COLOUR = (255, 0, 200, 255)
 BACKDROP = (255, 255, 255, 255)
@@ -37,6 +38,8 @@ def draw_answer(kind: str, images: Mapping[str, bytes], answer: Mapping[str, Any
                 tip_y: float | None = None) -> bytes:
     """PNG of the answer drawn on the images: `images` maps role (outer/inner, background/piece, image) to its
     bytes."""
+    import cv2  # numpy and OpenCV load on the first drawing, not with the proxy
+    import numpy as np
     known = kind_of_mode(kind)
     if known is None:
         raise PictureError(f"no picture for kind {kind!r}")
@@ -155,6 +158,8 @@ def best_y(background: Image.Image, piece: Image.Image, left: int) -> int:
     The site darkens or lightens the gap and rims it, which breaks plain correlation of the pixels; the texture
     inside the piece survives, so the gradient maps are correlated, inside the piece's shape less its rim.
     """
+    import cv2  # numpy and OpenCV load on the first drawing, not with the proxy
+    import numpy as np
     bg = _gradient(np.asarray(background.convert("L"), dtype=np.float32))
     tile = _gradient(np.asarray(piece.convert("L"), dtype=np.float32))
     alpha = piece.getchannel("A") if "A" in piece.getbands() else Image.new("L", piece.size, 255)
@@ -172,6 +177,8 @@ def best_y(background: Image.Image, piece: Image.Image, left: int) -> int:
 
 
 def _gradient(gray: np.ndarray[Any, np.dtype[np.float32]]) -> np.ndarray[Any, np.dtype[np.float32]]:
+    import cv2  # numpy and OpenCV load on the first drawing, not with the proxy
+    import numpy as np
     gx = cv2.Sobel(gray, cv2.CV_32F, 1, 0, ksize=3)
     gy = cv2.Sobel(gray, cv2.CV_32F, 0, 1, ksize=3)
     return np.hypot(gx, gy).astype(np.float32)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, assert_never
+from typing import Any, Protocol, TypeGuard, assert_never
 
 from addon.capture.assemble import Captured
 from addon.capture.images import Role
@@ -237,6 +237,20 @@ class Solver(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+class PaidSolver(Solver, Protocol):
+    """A paid service (`paid` is True): what the scheduler also asks of it (addon/solving/paid.py has the common
+    part, with a no-op `report`)."""
+
+    async def report(self, job_id: str, accepted: bool) -> bool:
+        """Tells the service whether the site accepted a job's answer; best effort, never raises: True when the
+        service took the report."""
+        ...
+
+
+def is_paid(solver: Solver) -> TypeGuard[PaidSolver]:
+    return solver.paid
 
 
 def natural_width(challenge: Captured) -> int:

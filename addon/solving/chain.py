@@ -1,70 +1,120 @@
-"""`captcha_solvers`: the chain of solvers a challenge goes through, built from the option and the keys."""
+"""`captcha_solvers`: the chain of solvers a challenge goes through, built from the option, the key and the
+solvers' specs (`addon/solving/registry.py`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 
 from addon.solving.base import Solver
-from addon.solving.local import LocalSolver
-from addon.solving.omocaptcha_v1 import OmocaptchaV1Solver
-
-V2_DEFAULT_URL = "https://api.omocaptcha.com/v2"
-KNOWN = ("local", "omocaptcha", "omocaptcha-v1", "omocaptcha-v2")
-ACCEPTED = "'auto', 'none', or a comma list of local, omocaptcha (= omocaptcha-v1), omocaptcha-v2"
+from addon.solving.plugins import SolverSettings, SolverSpec
+from addon.solving.registry import SPECS
 
 
-def parse_solvers(spec: str, key: str) -> tuple[str, ...]:
-    """The solver names in order; `auto` is omocaptcha v1 when a key is set, else local. Raises ValueError."""
-    text = spec.strip().lower()
+def listed(specs: Sequence[SolverSpec] = SPECS, *, code: bool = False) -> str:
+    """The names `captcha_solvers` takes, for messages and docs: `local, omocaptcha (= omocaptcha-v1), ...`."""
+    def q(name: str) -> str:
+        return f"`{name}`" if code else name
+
+    return ", ".join(f"{q(s.aliases[0])} (= {q(s.name)})" if s.aliases else q(s.name) for s in specs)
+
+
+def auto_text(specs: Sequence[SolverSpec] = SPECS, *, code: bool = False) -> str:
+    """`auto = omocaptcha when a key is set, else local`, from the specs."""
+    def q(name: str) -> str:
+        return f"`{name}`" if code else name
+
+    def shown(spec: SolverSpec | None) -> str:
+        return q("none" if spec is None else (spec.aliases or (spec.name,))[0])
+
+    return f"{q('auto')} = {shown(auto_pick('key', specs))} when a key is set, else {shown(auto_pick('', specs))}"
+
+
+def accepted(specs: Sequence[SolverSpec] = SPECS) -> str:
+    return f"'auto', 'none', or a comma list of {listed(specs)}"
+
+
+def auto_pick(key: str, specs: Sequence[SolverSpec] = SPECS) -> SolverSpec | None:
+    """What `auto` means: the first `auto` spec that needs the key when a key is set, else the first that needs none."""
+    picks = [s for s in specs if s.auto and (s.needs_key if key else not s.needs_key)]
+    if not picks and key:
+        picks = [s for s in specs if s.auto and not s.needs_key]
+    return picks[0] if picks else None
+
+
+def parse_solvers(text: str, key: str, specs: Sequence[SolverSpec] = SPECS) -> tuple[str, ...]:
+    """The solver names in order (each spec's own name, aliases resolved); case and spaces do not matter.
+    Raises ValueError."""
+    text = text.strip().lower()
     if text in ("", "auto"):
-        return ("omocaptcha-v1",) if key else ("local",)
+        pick = auto_pick(key, specs)
+        return (pick.name,) if pick is not None else ()
     if text == "none":
         return ()
+    by_name = {name: spec for spec in specs for name in spec.names()}
     names: list[str] = []
     for raw in text.split(","):
-        name = raw.strip()
-        if name not in KNOWN:
+        spec = by_name.get(raw.strip())
+        if spec is None:
             raise ValueError(f"unknown solver {raw.strip()!r}")
-        name = "omocaptcha-v1" if name == "omocaptcha" else name
-        if name in names:
-            raise ValueError(f"{name} is listed twice")
-        names.append(name)
+        if spec.name in names:
+            raise ValueError(f"{spec.name} is listed twice")
+        names.append(spec.name)
     return tuple(names)
+
+
+def valid_solvers(text: str, specs: Sequence[SolverSpec] = SPECS) -> bool:
+    """The `captcha_solvers` rule."""
+    try:
+        parse_solvers(text, "", specs)
+    except ValueError:
+        return False
+    return True
 
 
 @dataclass(frozen=True, slots=True)
 class ChainSettings:
     names: tuple[str, ...]
-    key: str
-    v1_url: str
-    v2_url: str
+    key: str = field(repr=False)
+    values: Mapping[str, Any]
+    """The solvers' own options (each spec's `options`) by name."""
 
 
 class SolverFactory:
-    """Keeps one solver object per name while its settings stay the same, so the scheduler keeps their state."""
+    """Keeps one solver object per name while what it is built from stays the same, so the scheduler keeps its
+    state."""
 
-    def __init__(self, http: httpx.AsyncClient):
+    def __init__(self, http: httpx.AsyncClient, specs: Sequence[SolverSpec] = SPECS):
         self.http = http
-        self._made: dict[str, tuple[tuple[str, str], Solver]] = {}
-        self._local: LocalSolver | None = None
+        self._specs = {s.name: s for s in specs}
+        self._made: dict[str, tuple[tuple[Any, ...], Solver]] = {}
+        self._running = False
+
+    def start(self) -> None:
+        """mitmproxy runs: solvers with work to start (the local solver's workers) start now, and at once for one
+        made later; never in one-shot runs such as `mitmdump --options`."""
+        self._running = True
+        for name, (_, solver) in self._made.items():
+            self._start(self._specs[name], solver)
+
+    @staticmethod
+    def _start(spec: SolverSpec, solver: Solver) -> None:
+        if spec.start is not None:
+            spec.start(solver)
 
     def build(self, settings: ChainSettings) -> tuple[Solver, ...]:
+        built = SolverSettings(settings.key, settings.values, self.http)
         out: list[Solver] = []
         for name in settings.names:
-            if name == "local":
-                self._local = self._local or LocalSolver()
-                out.append(self._local)
-                continue
-            url = settings.v1_url if name == "omocaptcha-v1" else settings.v2_url
+            spec = self._specs[name]
+            fingerprint = spec.fingerprint(built)
             made = self._made.get(name)
-            if made is None or made[0] != (settings.key, url):
-                if name == "omocaptcha-v1":
-                    solver: Solver = OmocaptchaV1Solver(url, settings.key, self.http)
-                else:
-                    from addon.solving.omocaptcha_v2 import OmocaptchaV2Solver
-                    solver = OmocaptchaV2Solver(url, settings.key, self.http)
-                made = self._made[name] = ((settings.key, url), solver)
+            if made is None or made[0] != fingerprint:
+                made = self._made[name] = (fingerprint, spec.build(built))
+            if self._running:
+                self._start(spec, made[1])
             out.append(made[1])
         return tuple(out)

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import math
 from dataclasses import dataclass
 from typing import Any, assert_never
-
-import httpx
 
 from addon.capture import images
 from addon.capture.assemble import Captured
 from addon.capture.images import Role
 from addon.kinds import Kind
+from addon.option_rules import HTTP_URL, Option
 from addon.solving.base import (
     Answer,
     BadPoints,
@@ -28,15 +26,14 @@ from addon.solving.base import (
     object_image_size,
     view_size,
 )
+from addon.solving.paid import PaidHttpSolver
+from addon.solving.plugins import SolverSettings, SolverSpec
 
 DEFAULT_URL = "https://omocaptcha.com/api"
 TYPE_ROTATE_WEB = "23"
 TYPE_SLIDE_WEB = "21"
 TYPE_3D_WEB = "22"
 SERVICE = "omocaptcha-v1"
-CREATE_ATTEMPTS = 3
-POLL_FAULTS_FINAL = 3
-"""Answers about the job itself (not availability faults) that end the poll loop."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,64 +43,53 @@ class JobStatus:
     result: str | None
 
 
-class OmocaptchaClient:
-    def __init__(self, base_url: str, key: str, http: httpx.AsyncClient):
-        self.base_url = base_url.rstrip("/") + "/"
-        self._key = key
-        self._http = http
+class OmocaptchaV1Solver(PaidHttpSolver):
+    """createJob once (retried only when it provably never reached the service), then getJobResult until final."""
 
-    def _redact(self, text: str) -> str:
-        return text.replace(self._key, "***") if self._key else text
+    name = SERVICE
+    kinds = frozenset({Kind.ROTATE, Kind.SLIDE, Kind.THREE_D})
+    """v1 has no job for icon."""
 
-    async def _post(self, call: str, payload: dict[str, Any]) -> dict[str, Any]:
-        body = json.dumps({"api_token": self._key, **payload}).encode()
-        try:
-            response = await self._http.post(
-                self.base_url + call, content=body, headers={"Content-Type": "application/json"}
-            )
-        except (httpx.ConnectError, httpx.ConnectTimeout) as e:
-            raise SolveFailure("api_error", f"{call}: cannot connect ({type(e).__name__})",
-                               reached=False, transient=True) from None
-        except httpx.TimeoutException as e:
-            raise SolveFailure("api_error", f"{call}: no answer in time ({type(e).__name__})",
-                               reached=True, transient=True) from None
-        except httpx.HTTPError as e:
-            raise SolveFailure("api_error", f"{call}: {type(e).__name__}: {self._redact(str(e))[:200]}",
-                               reached=True, transient=True) from None
-        if response.status_code == 429:
-            raise SolveFailure("api_error", f"{call}: HTTP 429 (busy)", reached=False, transient=True)
-        if response.status_code != 200:
-            raise SolveFailure("api_error", f"{call}: HTTP {response.status_code}",
-                               reached=True, transient=response.status_code >= 500)
-        try:
-            doc = json.loads(response.content)
-        except ValueError:
-            raise SolveFailure("api_error", f"{call}: answer is not JSON", reached=True, transient=True) from None
-        if not isinstance(doc, dict):
-            raise SolveFailure("api_error", f"{call}: answer is not a JSON object", reached=True, transient=True)
-        if doc.get("error") is True:
-            message = doc.get("message")
-            text = self._redact(message)[:200] if isinstance(message, str) else "error without a message"
-            if "token" in text.lower() or "key" in text.lower():
-                raise SolveFailure("invalid_key", f"{call}: {text}", reached=True, transient=False)
-            raise SolveFailure("api_error", f"{call}: {text}", reached=True, transient=False)
-        return doc
+    async def solve(self, challenge: Captured, job: Job) -> Solution:
+        type_job_id, payload, sizes = await asyncio.to_thread(job_payload, challenge, job.width_view)
+        job_id = await self.create(job, lambda: self.create_job(type_job_id, payload, sizes))
+        job.started(job_id)
+        status = await self.poll(job, lambda: self._final(job_id))
+        if status.state == "fail" or status.result is None:
+            raise SolveFailure("unsolvable", "omocaptcha could not solve this challenge" if status.state == "fail"
+                               else "omocaptcha reported success without a result")
+        return Solution(status.result, answer_of(challenge, status.result, job.width_view))
+
+    async def check(self) -> str | None:
+        return await self.balance()
+
+    def refusal(self, call: str, doc: dict[str, Any]) -> SolveFailure | None:
+        if doc.get("error") is not True:
+            return None
+        message = doc.get("message")
+        text = self.redact(message)[:200] if isinstance(message, str) else "error without a message"
+        if "token" in text.lower() or "key" in text.lower():
+            return SolveFailure("invalid_key", f"{call}: {text}", reached=True, transient=False)
+        return SolveFailure("api_error", f"{call}: {text}", reached=True, transient=False)
+
+    async def _call(self, call: str, payload: dict[str, Any]) -> dict[str, Any]:
+        return await self.post(call, {"api_token": self._key, **payload})
 
     async def create_job(self, type_job_id: str, image_base64: str, sizes: dict[str, int] | None = None) -> int:
         """`sizes`: `width_view` (21, 22) and `height_view` (22), the pixels the page shows the image in."""
         data: dict[str, Any] = {"type_job_id": type_job_id, "image_base64": image_base64, **(sizes or {})}
-        doc = await self._post("createJob", {"data": data})
+        doc = await self._call("createJob", {"data": data})
         job_id = doc.get("job_id")
         if isinstance(job_id, str) and job_id.isdigit():
             job_id = int(job_id)
         if doc.get("error") is not False or not isinstance(job_id, int) or isinstance(job_id, bool):
-            keys = ", ".join(sorted(str(k) for k in doc)[:8])
+            keys = ", ".join(sorted(self.redact(str(k))[:40] for k in doc)[:8])
             raise SolveFailure("api_error", f"createJob: unexpected answer with fields {keys}",
                                reached=True, transient=False)
         return job_id
 
     async def job_result(self, job_id: int) -> JobStatus:
-        doc = await self._post("getJobResult", {"job_id": job_id})
+        doc = await self._call("getJobResult", {"job_id": job_id})
         status = doc.get("status")
         result = doc.get("result")
         result = str(result) if isinstance(result, str | int | float) and not isinstance(result, bool) else None
@@ -113,77 +99,32 @@ class OmocaptchaClient:
             return JobStatus("fail", None)
         return JobStatus("running", None)
 
+    async def _final(self, job_id: int) -> JobStatus | None:
+        status = await self.job_result(job_id)
+        return None if status.state == "running" else status
+
     async def balance(self) -> str:
-        doc = await self._post("getBalance", {})
+        doc = await self.free_call("getBalance", {"api_token": self._key})
         balance = doc.get("balance")
         return str(balance) if isinstance(balance, str | int | float) else "unknown"
 
 
-class OmocaptchaV1Solver:
-    """createJob once (retried only when it provably never reached the service), then getJobResult until final."""
+def _build(settings: SolverSettings) -> OmocaptchaV1Solver:
+    return OmocaptchaV1Solver(settings.values["omocaptcha_url"].strip(), settings.key, settings.http)
 
-    name = SERVICE
-    paid = True
-    kinds = frozenset({Kind.ROTATE, Kind.SLIDE, Kind.THREE_D})
-    """v1 has no job for icon."""
 
-    def __init__(self, base_url: str, key: str, http: httpx.AsyncClient):
-        self.client = OmocaptchaClient(base_url, key, http)
-
-    async def check(self) -> str | None:
-        return await self.client.balance()
-
-    async def close(self) -> None:
-        pass
-
-    async def solve(self, challenge: Captured, job: Job) -> Solution:
-        type_job_id, payload, sizes = await asyncio.to_thread(job_payload, challenge, job.width_view)
-        job_id = await self._create(job, type_job_id, payload, sizes)
-        job.started(job_id)
-        poll_faults = 0
-        while True:
-            await asyncio.sleep(job.poll_s)
-            try:
-                status = await self.client.job_result(job_id)
-            except SolveFailure as f:
-                if f.reason == "invalid_key":
-                    raise
-                if f.transient:
-                    job.service_fault(f)
-                else:
-                    poll_faults += 1
-                    if poll_faults >= POLL_FAULTS_FINAL:
-                        raise
-                continue
-            job.service_ok()
-            poll_faults = 0
-            if status.state == "running":
-                continue
-            if status.state == "fail" or status.result is None:
-                raise SolveFailure("unsolvable", "omocaptcha could not solve this challenge" if status.state == "fail"
-                                   else "omocaptcha reported success without a result")
-            return Solution(status.result, answer_of(challenge, status.result, job.width_view))
-
-    async def _create(self, job: Job, type_job_id: str, payload: str, sizes: dict[str, int]) -> int:
-        backoff = 1.0
-        for attempt in range(1, CREATE_ATTEMPTS + 1):
-            try:
-                job.job_sent()
-                job_id = await self.client.create_job(type_job_id, payload, sizes)
-            except SolveFailure as f:
-                if not f.reached:
-                    job.job_not_sent()
-                if f.transient:
-                    job.service_fault(f)
-                # Only a request that provably never reached the service is safe to repeat: another could charge twice.
-                if f.reached or not f.transient or attempt == CREATE_ATTEMPTS:
-                    raise
-                await asyncio.sleep(backoff)
-                backoff *= 2
-                continue
-            job.service_ok()
-            return job_id
-        raise AssertionError("unreachable")
+SPEC = SolverSpec(
+    SERVICE, paid=True, kinds=OmocaptchaV1Solver.kinds, build=_build, aliases=("omocaptcha",), needs_key=True,
+    auto=True,
+    options=(
+        Option(
+            'omocaptcha_url', str, DEFAULT_URL, 'solving',
+            help="Base URL of omocaptcha's v1 job API.",
+            rule=HTTP_URL,
+            doc='base URL of the v1 job API, with or without a trailing `/`',
+        ),
+    ),
+)
 
 
 def job_payload(c: Captured, width_view: int) -> tuple[str, str, dict[str, int]]:

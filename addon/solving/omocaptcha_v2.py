@@ -10,17 +10,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import logging
 import math
 from typing import Any, assert_never
-
-import httpx
 
 from addon.capture import images
 from addon.capture.assemble import Captured
 from addon.capture.images import Role
 from addon.kinds import Kind
-from addon.ratelimit import RateLimitedLog
+from addon.option_rules import HTTP_URL, Option
 from addon.solving.base import (
     BadPoints,
     Job,
@@ -33,8 +30,8 @@ from addon.solving.base import (
     object_image_size,
     view_size,
 )
-
-logger = logging.getLogger(__name__)
+from addon.solving.paid import PaidHttpSolver
+from addon.solving.plugins import SolverSettings, SolverSpec
 
 DEFAULT_URL = "https://api.omocaptcha.com/v2"
 SERVICE = "omocaptcha-v2"
@@ -42,11 +39,6 @@ TASK_ROTATE_WEB = "TiktokRotateWebTask"
 TASK_SLIDE_WEB = "TiktokSliderWebTask"
 TASK_3D_WEB = "Tiktok3DSelectObjectWebTask"
 TASK_ICON_WEB = "TiktokSelectObjectWebTask"
-CREATE_ATTEMPTS = 3
-CREATE_BACKOFF = (1.0, 2.0)
-"""Seconds before the second and the third createTask attempt."""
-POLL_FAULTS_FINAL = 3
-"""Answers about the task itself (not availability faults) that end the poll loop."""
 JOB_FAILED = "ERROR_JOB_STATUS"
 TEMPORARY_CODES = frozenset(
     {"ERROR_TASK_IS_MAINTENANCE", "ERROR_SERVICE_UNAVAILABLE", "ERROR_REDIS_UNAVAILABLE", "ERROR_REDIS_JOB_DATA"}
@@ -58,76 +50,34 @@ with one is safe to send again. The two Redis codes come from storing or reading
 after the task was made and charged: a createTask answered with those is never repeated."""
 
 
-class OmocaptchaV2Solver:
+class OmocaptchaV2Solver(PaidHttpSolver):
     """createTask once (repeated only when it provably never made a task), then getTaskResult until final."""
 
     name = SERVICE
-    paid = True
     kinds = frozenset({Kind.ROTATE, Kind.SLIDE, Kind.THREE_D, Kind.ICON})
-
-    def __init__(self, base_url: str, key: str, http: httpx.AsyncClient):
-        self.base_url = base_url.rstrip("/") + "/"
-        self._key = key
-        self._http = http
-        self.create_backoff: tuple[float, ...] = CREATE_BACKOFF
-        self._errors = RateLimitedLog(logger)
-
-    def __repr__(self) -> str:
-        return f"OmocaptchaV2Solver(base_url={self._redact(self.base_url)!r}, key='***')"
-
-    async def close(self) -> None:
-        """Nothing to close: the HTTP client is shared and owned by the scheduler."""
-
-    # ------------------------------------------------------------------------------------------------ the seam
 
     async def solve(self, challenge: Captured, job: Job) -> Solution:
         task = await asyncio.to_thread(task_of, challenge, job.width_view)
-        task_id = await self._create(job, task)
+        task_id = await self.create(job, lambda: self._create_task(task))
         job.started(task_id)
-        poll_faults = 0
-        while True:
-            await asyncio.sleep(job.poll_s)
-            try:
-                doc = await self._post("getTaskResult", {"taskId": task_id})
-            except SolveFailure as f:
-                if f.transient:
-                    job.service_fault(f)
-                    self._errors.warning("poll", f"captcha: polling {SERVICE} failed ({f.message}); asking again")
-                    continue
-                job.service_ok()
-                if f.reason in ("invalid_key", "unsolvable"):
-                    raise
-                poll_faults += 1
-                if poll_faults >= POLL_FAULTS_FINAL:
-                    raise
-                continue
-            job.service_ok()
-            poll_faults = 0
-            status = doc.get("status")
-            if status == "ready":
-                return solution_of(challenge, doc.get("solution"), job.width_view)
-            if status == "fail":
-                raise SolveFailure("unsolvable", f"{SERVICE} could not solve this challenge")
-            # "processing", or a status this client does not know: not final yet, the scheduler's deadline decides
+        doc = await self.poll(job, lambda: self._final(task_id))
+        if doc.get("status") == "fail":
+            raise SolveFailure("unsolvable", f"{SERVICE} could not solve this challenge")
+        return solution_of(challenge, doc.get("solution"), job.width_view)
 
     async def check(self) -> str | None:
         """getBalance: the balance as the service wrote it (a number, USD), None when the answer has none."""
-        try:
-            doc = await self._post("getBalance", {})
-        except SolveFailure as f:
-            if f.transient:  # a balance call costs nothing, whatever happened to it
-                raise SolveFailure("api_error", f.message, reached=False, transient=True) from None
-            raise
+        doc = await self.free_call("getBalance", {"clientKey": self._key})
         balance = doc.get("balance")
         if isinstance(balance, bool) or not isinstance(balance, int | float | str):
             return None
         return str(balance)
 
-    async def report(self, task_id: str, accepted: bool) -> bool:
+    async def report(self, job_id: str, accepted: bool) -> bool:
         """Tells the service whether the site accepted a task's answer (the undocumented `report` call the vendor's
         extension makes). Best effort: True when the service took it, False otherwise; never raises."""
         try:
-            await self._post("report", {"id": [task_id], "isSuccess": accepted})
+            await self._call("report", {"id": [job_id], "isSuccess": accepted})
         except SolveFailure as f:
             self._errors.warning("report", f"captcha: reporting to {SERVICE} failed ({f.message})")
             return False
@@ -138,72 +88,33 @@ class OmocaptchaV2Solver:
 
     # ------------------------------------------------------------------------------------------------ calls
 
-    async def _create(self, job: Job, task: dict[str, Any]) -> str:
-        for attempt in range(1, CREATE_ATTEMPTS + 1):
-            job.job_sent()
-            try:
-                doc = await self._post("createTask", {"task": task})
-            except SolveFailure as f:
-                if not f.reached:
-                    job.job_not_sent()
-                if f.transient:
-                    job.service_fault(f)
-                else:
-                    job.service_ok()
-                # Only a request that provably made no task is safe to repeat: another could charge twice.
-                if f.reached or not f.transient or attempt == CREATE_ATTEMPTS:
-                    raise
-                await asyncio.sleep(self.create_backoff[min(attempt, len(self.create_backoff)) - 1])
-                continue
-            job.service_ok()
-            task_id = doc.get("taskId")
-            if not isinstance(task_id, str) or not task_id:
-                fields = ", ".join(sorted(self._redact(str(k))[:40] for k in doc)[:8])
-                raise SolveFailure("api_error", f"createTask: unexpected answer with fields {fields}")
-            return task_id
-        raise AssertionError("unreachable")
-
-    def _redact(self, text: str) -> str:
-        return text.replace(self._key, "***") if self._key else text
-
-    async def _post(self, call: str, payload: dict[str, Any]) -> dict[str, Any]:
+    async def _call(self, call: str, payload: dict[str, Any]) -> dict[str, Any]:
         """One call; a JSON object with errorId 0, or SolveFailure. `reached` False means provably no task was made
         (refused, 429, or a code in NOT_CREATED_CODES); `transient` marks availability faults."""
-        body = json.dumps({"clientKey": self._key, **payload}).encode()
-        try:
-            response = await self._http.post(
-                self.base_url + call, content=body, headers={"Content-Type": "application/json"}
-            )
-        except (httpx.ConnectError, httpx.ConnectTimeout) as e:
-            raise SolveFailure("api_error", f"{call}: cannot connect ({type(e).__name__})",
-                               reached=False, transient=True) from None
-        except httpx.TimeoutException as e:
-            raise SolveFailure("api_error", f"{call}: no answer in time ({type(e).__name__})",
-                               reached=True, transient=True) from None
-        except httpx.HTTPError as e:
-            raise SolveFailure("api_error", f"{call}: {type(e).__name__}: {self._redact(str(e))[:200]}",
-                               reached=True, transient=True) from None
-        if response.status_code == 429:
-            raise SolveFailure("api_error", f"{call}: HTTP 429 (busy)", reached=False, transient=True)
-        if response.status_code != 200:
-            raise SolveFailure("api_error", f"{call}: HTTP {response.status_code}",
-                               reached=True, transient=response.status_code >= 500)
-        try:
-            doc = json.loads(response.content)
-        except ValueError:
-            raise SolveFailure("api_error", f"{call}: answer is not JSON", reached=True, transient=True) from None
-        if not isinstance(doc, dict):
-            raise SolveFailure("api_error", f"{call}: answer is not a JSON object", reached=True, transient=True)
-        if doc.get("errorId") not in (0, None):
-            raise self._failure(call, doc)
-        return doc
+        return await self.post(call, {"clientKey": self._key, **payload})
 
-    def _failure(self, call: str, doc: dict[str, Any]) -> SolveFailure:
+    async def _create_task(self, task: dict[str, Any]) -> str:
+        doc = await self._call("createTask", {"task": task})
+        task_id = doc.get("taskId")
+        if not isinstance(task_id, str) or not task_id:
+            fields = ", ".join(sorted(self.redact(str(k))[:40] for k in doc)[:8])
+            raise SolveFailure("api_error", f"createTask: unexpected answer with fields {fields}")
+        return task_id
+
+    async def _final(self, task_id: str) -> dict[str, Any] | None:
+        """The task's answer once final (`ready` or `fail`); None for "processing" or a status this client does not
+        know: not final yet, the scheduler's deadline decides."""
+        doc = await self._call("getTaskResult", {"taskId": task_id})
+        return doc if doc.get("status") in ("ready", "fail") else None
+
+    def refusal(self, call: str, doc: dict[str, Any]) -> SolveFailure | None:
+        if doc.get("errorId") in (0, None):
+            return None
         code = doc.get("errorCode")
-        code = self._redact(code)[:80] if isinstance(code, str) else ""
+        code = self.redact(code)[:80] if isinstance(code, str) else ""
         description = doc.get("errorDescription")
-        description = self._redact(description)[:200] if isinstance(description, str) else ""
-        text = f"{call}: {code or 'error ' + self._redact(str(doc.get('errorId')))[:20]}"
+        description = self.redact(description)[:200] if isinstance(description, str) else ""
+        text = f"{call}: {code or 'error ' + self.redact(str(doc.get('errorId')))[:20]}"
         text += f" ({description})" if description else ""
         if code == JOB_FAILED or doc.get("status") == "fail":
             return SolveFailure("unsolvable", f"{SERVICE} could not solve this challenge ({text})")
@@ -212,6 +123,23 @@ class OmocaptchaV2Solver:
         if "KEY" in code.upper():
             return SolveFailure("invalid_key", text)
         return SolveFailure("api_error", text)
+
+
+def _build(settings: SolverSettings) -> OmocaptchaV2Solver:
+    return OmocaptchaV2Solver(settings.values["omocaptcha_v2_url"].strip(), settings.key, settings.http)
+
+
+SPEC = SolverSpec(
+    SERVICE, paid=True, kinds=OmocaptchaV2Solver.kinds, build=_build, needs_key=True,
+    options=(
+        Option(
+            'omocaptcha_v2_url', str, DEFAULT_URL, 'solving',
+            help="Base URL of omocaptcha's v2 task API.",
+            rule=HTTP_URL,
+            doc='base URL of the v2 task API',
+        ),
+    ),
+)
 
 
 # ---------------------------------------------------------------------------------------------------- payloads

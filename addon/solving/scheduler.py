@@ -19,7 +19,7 @@ from addon.kinds import SPECS
 from addon.publish import events as ev
 from addon.publish.bus import EventBus
 from addon.ratelimit import RateLimitedLog
-from addon.solving.base import Solution, SolveFailure, Solver, answer_from_json, answer_type
+from addon.solving.base import PaidSolver, Solution, SolveFailure, Solver, answer_from_json, answer_type, is_paid
 from addon.solving.cache import AnswerCache, image_key
 from addon.solving.health import ServiceHealth
 from addon.solving.sharing import SharedSolving
@@ -60,7 +60,7 @@ class SchedulerConfig:
 class ServiceState:
     """What the scheduler knows of one paid service: its key, its health, its balance, its jobs."""
 
-    solver: Solver
+    solver: PaidSolver
     health: ServiceHealth = field(default_factory=ServiceHealth)
     key_state: str = "unchecked"
     balance: str | None = None
@@ -239,7 +239,7 @@ class Scheduler:
             if keep.get(name) is not state.solver:
                 self._drop_service(name)
         for solver in config.solvers:
-            if solver.paid and solver.name not in self.services:
+            if is_paid(solver) and solver.name not in self.services:
                 self.services[solver.name] = ServiceState(solver)
                 self._start_monitor(self.services[solver.name])
         if old.chain != config.chain:
@@ -347,8 +347,9 @@ class Scheduler:
         except asyncio.CancelledError:
             raise
         except Exception as e:
-            logger.exception("captcha: solving %s failed unexpectedly", run.captured.challenge_id)
-            self._finish_failed(run, "api_error", f"internal error: {type(e).__name__}")
+            logger.exception("captcha: internal error while solving %s (a bug of the addon, not of a service)",
+                             run.captured.challenge_id)
+            self._finish_failed(run, "internal_error", f"internal error: {type(e).__name__}")
 
     def chain_for(self, run: _Run) -> list[Solver]:
         """The configured chain, less services the site proved wrong on these images, with demoted ones moved back
@@ -544,10 +545,9 @@ class Scheduler:
     def _report(self, answered: Answered, accepted: bool) -> None:
         """Tells a service that takes reports (omocaptcha v2's `report`) how its answer fared; best effort."""
         state = self.services.get(answered.service)
-        report = getattr(state.solver, "report", None) if state is not None else None
-        if report is None or answered.cached or answered.job_id is None:
+        if state is None or answered.cached or answered.job_id is None:
             return
-        self._background(report(str(answered.job_id), accepted), f"captcha-report-{answered.service}")
+        self._background(state.solver.report(str(answered.job_id), accepted), f"captcha-report-{answered.service}")
 
     def _background(self, work: Coroutine[Any, Any, Any], name: str) -> None:
         try:

@@ -31,13 +31,22 @@ class Run:
     verified: bool | None = None
 
 
+LOCAL_WARM_LINE = "worker processes started and warmed up"
+
+
 @contextmanager
 def proxy(origin: Any, tmp: Path, **options: Any) -> Iterator[MitmdumpProcess]:
     # Without a key these tests hold capture only, unless they name their solvers (the local solver's own do).
     default_solvers = "auto" if options.get("omocaptcha_key") else "none"
     opts = {"captcha_sidecar": str(tmp / "events.jsonl"), "captcha_solvers": default_solvers, **options}
+    solvers = str(opts["captcha_solvers"]).lower()
+    local = "local" in solvers or (solvers == "auto" and not opts.get("omocaptcha_key"))
     with MitmdumpProcess(["addon/main.py"], origin=(origin.http_port, origin.https_port), options=opts,
                          workdir=tmp / "mitm") as p:
+        if local:
+            # Devices come once the local solver's workers are warm, as with a proxy started before its fleet (a
+            # challenge sooner waits for them; on a loaded machine their start-up takes seconds).
+            p.wait_for_log(LOCAL_WARM_LINE, timeout=120)
         yield p
 
 

@@ -31,6 +31,8 @@ OUTER_SIZE, INNER_SIZE = 347, 211
 HOLE_RADIUS = INNER_SIZE / 2
 BG_SIZE = (552, 344)
 PIECE_SIZE = 110
+PIECE_INSET = (6.0, 7.0)
+"""Where the piece's shape begins inside its 110-px tile on real 552x344 slides (px from the tile's left edge)."""
 GAP_X_RANGE = (120, 430)
 TIP_Y_RANGE = (10, BG_SIZE[1] - PIECE_SIZE - 10)
 ANGLE_RANGE = (15.0, 345.0)
@@ -511,12 +513,13 @@ def whirl_images(scene: Image.Image, angle: float, variant: Format) -> tuple[Ima
 
 
 def piece_mask(rng: random.Random) -> Image.Image:
-    """A jigsaw piece in a 110x110 tile: its left edge is the tile's (x = 0), knobs stick out or in elsewhere."""
+    """A jigsaw piece in a 110x110 tile, as real slides draw it: its shape begins PIECE_INSET px (6-7) inside the
+    tile's left edge (the answer is the tile's left edge, not the shape's); knobs stick out or in elsewhere."""
     s = 4
     side = rng.randint(62, 72)
     r = rng.uniform(10, 12)
     reach = r * 0.6
-    x0, y0 = 0, (PIECE_SIZE - side) / 2
+    x0, y0 = rng.uniform(*PIECE_INSET), (PIECE_SIZE - side) / 2
     x1, y1 = x0 + side, y0 + side
     cx, cy = (x0 + x1) / 2 + rng.uniform(-6, 6), (y0 + y1) / 2 + rng.uniform(-6, 6)
     big = Image.new("L", (PIECE_SIZE * s, PIECE_SIZE * s), 0)
@@ -540,12 +543,13 @@ def piece_mask(rng: random.Random) -> Image.Image:
 
 
 def slide_images(scene: Image.Image, gap_x: int, tip_y: int, mask: Image.Image) -> tuple[Image.Image, Image.Image]:
-    """The background with the gap carved (darkened, light rim) and the piece cut from the untouched scene."""
+    """The background with the gap carved (darkened, with a white stroke about 2 px wide along its outline, as on
+    real slides) and the piece cut from the untouched scene."""
     box = (gap_x, tip_y, gap_x + PIECE_SIZE, tip_y + PIECE_SIZE)
     tile = scene.crop(box)
     rim = ImageChops.subtract(mask, mask.filter(ImageFilter.MinFilter(5)))
     carved = Image.blend(tile, Image.new("RGB", tile.size, (10, 10, 10)), 0.55)
-    carved.paste(WHITE, (0, 0), rim.point(lambda v: v * 3 // 4))
+    carved.paste(WHITE, (0, 0), rim)
     background = scene.copy()
     background.paste(carved, box[:2], mask)
     piece = tile.copy()

@@ -1,4 +1,5 @@
-"""Shared pieces of the local vision solvers: the result type, the error, and decoding bytes into arrays safely."""
+"""Shared pieces of the local vision solvers: decoding bytes into arrays safely, and small helpers (the result
+type and the error live in `result`)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import numpy as np
 import numpy.typing as npt
 
 from addon.capture.images import BadImage, check_complete, probe
+from addon.solving.vision.result import VisionError as VisionError
+from addon.solving.vision.result import VisionResult as VisionResult
 
 F32 = npt.NDArray[Any]
 """An image or score map, float32 by convention (typed loosely: OpenCV's stubs return untyped arrays)."""
@@ -18,18 +21,6 @@ F32 = npt.NDArray[Any]
 MAX_SIDE = 4096
 MAX_PIXELS = 16_000_000
 """Ceilings checked on the header before any pixel is decoded (`probe` itself is stricter still)."""
-
-
-class VisionError(ValueError):
-    """The input cannot be a part of this captcha: undecodable, truncated, absurd or mismatched sizes, blank."""
-
-
-@dataclass(frozen=True, slots=True)
-class VisionResult:
-    value: float
-    """rotate: clockwise angle in degrees, 0 <= value < 360; slide: x of the gap's left edge in natural pixels."""
-    confidence: float
-    """0..1, calibrated: the share of answers with about this confidence that were right on the evaluation set."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,8 +11,9 @@ semi-transparent layer, so across its outline the log-luminance steps by about t
 Pairs of thin strips just outside and inside the four sides of a square (two segments per side, away from the
 knobs in the middle) measure that step; the square where the weaker half of the segments still steps most wins
 (over the piece's rows; without tip_y over the two likeliest row bands found at half resolution first), then the
-left edge is placed on the strongest vertical edge near it. The answer is the shape's left edge (the test kit's
-pieces start at their box's left edge).
+left edge is placed on the strongest vertical edge near it. That edge is the shape's; the answer is the piece
+box's left edge, GAP_BOX_INSET px further left (real 552x344 slides draw the shape 6-7 px inside its 110-px box,
+and the white stroke around the gap moves the strongest edge about 2 px further in).
 """
 
 from __future__ import annotations
@@ -47,6 +48,9 @@ RUNNER_UP_DX = 8
 SQUARE_SIDES = range(28, 41)
 """Sides (half-resolution px) of the gap's square body tried without the piece: 56..80 nominal px."""
 COARSE_BANDS = 2
+GAP_BOX_INSET = 9.0
+"""From the gap's strongest left edge to the piece box's left edge (nominal px). Measured on 10 real slides: the
+edge found lies 7-11 px right of the box's left edge (the shape's 6-7 px inset plus the stroke)."""
 """Without tip_y: row bands found at half resolution that are searched again at full resolution."""
 
 # Logistic calibrations fitted on the tune split by `uv run python -m scripts.eval_local --fit`.
@@ -218,8 +222,8 @@ def _background_only(bg: Decoded, ty: float | None, scale: float) -> SlideAnalys
     best, y0 = max(found, key=lambda f: f[0].step)
     others = [f.step for f, _ in found if f is not best and abs(f.x - best.x) > best.side / 2]
     runner_up = max([best.runner_up, *others])
-    x = _refine_left_edge(log_l, best.x, y0 + best.y, best.side)
-    return SlideAnalysis(x=float(x), with_piece=False, score=best.step, margin=best.step - runner_up)
+    x = _refine_left_edge(log_l, best.x, y0 + best.y, best.side) - GAP_BOX_INSET * scale
+    return SlideAnalysis(x=max(0.0, float(x)), with_piece=False, score=best.step, margin=best.step - runner_up)
 
 
 @dataclass(frozen=True, slots=True)

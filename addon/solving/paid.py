@@ -1,0 +1,159 @@
+"""What every paid HTTP captcha service needs, once: a JSON call with httpx's errors mapped to `SolveFailure`, the
+create-at-most-once retry, the poll loop, the free check, and the health it reports to the job.
+
+A service module (omocaptcha_v1, omocaptcha_v2) subclasses `PaidHttpSolver` and keeps only its payloads, how it
+reads results and what its error codes mean (`refusal`).
+
+`reached` on a failure: the request may have reached the service (so a job may have been made and charged).
+`transient`: an availability fault (refused, timed out, 429, 5xx, not JSON): the breaker counts it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import httpx
+
+from addon.kinds import Kind
+from addon.ratelimit import RateLimitedLog
+from addon.solving.base import Job, SolveFailure
+
+logger = logging.getLogger(__name__)
+
+CREATE_ATTEMPTS = 3
+CREATE_BACKOFF = (1.0, 2.0)
+"""Seconds before the second and the third create attempt."""
+POLL_FAULTS_FINAL = 3
+"""Answers about the job itself (not availability faults) that end the poll loop."""
+
+T = TypeVar("T")
+
+
+class PaidHttpSolver:
+    """The common part of a paid service's solver; `name` and `kinds` are the subclass's."""
+
+    name: str
+    paid = True
+    kinds: frozenset[Kind]
+
+    def __init__(self, base_url: str, key: str, http: httpx.AsyncClient):
+        self.base_url = base_url.rstrip("/") + "/"
+        self._key = key
+        self._http = http
+        self.create_backoff: tuple[float, ...] = CREATE_BACKOFF
+        self._errors = RateLimitedLog(logger)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(base_url={self.redact(self.base_url)!r}, key='***')"
+
+    async def close(self) -> None:
+        """Nothing to close: the HTTP client is shared and owned by the solving addon."""
+
+    async def report(self, job_id: str, accepted: bool) -> bool:
+        """Tells the service whether the site accepted a job's answer: True when it took the report. Best effort,
+        never raises; a service without a report call keeps this default (False, nothing sent)."""
+        return False
+
+    def redact(self, text: str) -> str:
+        return text.replace(self._key, "***") if self._key else text
+
+    # --------------------------------------------------------------------------------------------- one call
+
+    def refusal(self, call: str, doc: dict[str, Any]) -> SolveFailure | None:
+        """The service's own error in a 200 JSON answer, or None when the answer is no error."""
+        return None
+
+    async def post(self, call: str, body: dict[str, Any]) -> dict[str, Any]:
+        """POST `body` as JSON to `call` under the base URL; the answer's JSON object, or SolveFailure."""
+        content = json.dumps(body).encode()
+        try:
+            response = await self._http.post(
+                self.base_url + call, content=content, headers={"Content-Type": "application/json"}
+            )
+        except (httpx.ConnectError, httpx.ConnectTimeout) as e:
+            raise SolveFailure("api_error", f"{call}: cannot connect ({type(e).__name__})",
+                               reached=False, transient=True) from None
+        except httpx.TimeoutException as e:
+            raise SolveFailure("api_error", f"{call}: no answer in time ({type(e).__name__})",
+                               reached=True, transient=True) from None
+        except httpx.HTTPError as e:
+            raise SolveFailure("api_error", f"{call}: {type(e).__name__}: {self.redact(str(e))[:200]}",
+                               reached=True, transient=True) from None
+        if response.status_code == 429:
+            raise SolveFailure("api_error", f"{call}: HTTP 429 (busy)", reached=False, transient=True)
+        if response.status_code != 200:
+            raise SolveFailure("api_error", f"{call}: HTTP {response.status_code}",
+                               reached=True, transient=response.status_code >= 500)
+        try:
+            doc = json.loads(response.content)
+        except ValueError:
+            raise SolveFailure("api_error", f"{call}: answer is not JSON", reached=True, transient=True) from None
+        if not isinstance(doc, dict):
+            raise SolveFailure("api_error", f"{call}: answer is not a JSON object", reached=True, transient=True)
+        failure = self.refusal(call, doc)
+        if failure is not None:
+            raise failure
+        return doc
+
+    # --------------------------------------------------------------------------------------------- a job's life
+
+    async def create(self, job: Job, send: Callable[[], Awaitable[T]]) -> T:
+        """Makes the job once: `send` is repeated (up to CREATE_ATTEMPTS times, with backoff, until the scheduler's
+        deadline cancels it) only when it provably never reached the service: another could charge twice."""
+        for attempt in range(1, CREATE_ATTEMPTS + 1):
+            job.job_sent()
+            try:
+                made = await send()
+            except SolveFailure as f:
+                if not f.reached:
+                    job.job_not_sent()
+                if f.transient:
+                    job.service_fault(f)
+                else:
+                    job.service_ok()  # the service answered, if only to refuse
+                if f.reached or not f.transient or attempt == CREATE_ATTEMPTS:
+                    raise
+                await asyncio.sleep(self.create_backoff[min(attempt, len(self.create_backoff)) - 1])
+                continue
+            job.service_ok()
+            return made
+        raise AssertionError("unreachable")
+
+    async def poll(self, job: Job, ask: Callable[[], Awaitable[T | None]]) -> T:
+        """Asks for the result every `job.poll_s` until `ask` gives a final one (None: not ready yet). Availability
+        faults are ridden out until the scheduler's deadline; the service's answers about the job end the loop after
+        POLL_FAULTS_FINAL in a row, at once for `invalid_key` and `unsolvable`."""
+        poll_faults = 0
+        while True:
+            await asyncio.sleep(job.poll_s)
+            try:
+                final = await ask()
+            except SolveFailure as f:
+                if f.transient:
+                    job.service_fault(f)
+                    self._errors.warning("poll", f"captcha: polling {self.name} failed ({f.message}); asking again")
+                    continue
+                job.service_ok()
+                if f.reason in ("invalid_key", "unsolvable"):
+                    raise
+                poll_faults += 1
+                if poll_faults >= POLL_FAULTS_FINAL:
+                    raise
+                continue
+            job.service_ok()
+            poll_faults = 0
+            if final is not None:
+                return final
+
+    async def free_call(self, call: str, body: dict[str, Any]) -> dict[str, Any]:
+        """A call that costs nothing (a balance): a transient fault of it never charged anything (reached=False)."""
+        try:
+            return await self.post(call, body)
+        except SolveFailure as f:
+            if f.transient:
+                raise SolveFailure("api_error", f.message, reached=False, transient=True) from None
+            raise
