@@ -19,7 +19,8 @@ Deterministic for a given seed, data and torch build (2 threads).
   (the pair differs in colour), black rectangles erasing part of it. A 4-conv CNN, softmax over the shape classes
   ("g" and "g hoa" are one class: they look alike).
 - `calib`: the solver runs on each challenge with the exported network; a logistic regression of right/wrong on
-  (log best pair score, log margin over the runner-up) gives the confidence mapping.
+  (log best pair score, log margin over the runner-up), shifted so that the calib answers at confidence >= 0.5 are
+  99 % right, gives the confidence mapping.
 - `test` is left alone here: `scripts/eval_3d.py` reports on it.
 """
 
@@ -44,6 +45,8 @@ from addon.solving.vision.common import VisionError
 DEFAULT_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "samples" / "3d-train"
 F64 = npt.NDArray[np.float64]
 PROBE_SEED = 0
+TARGET_RIGHT = 0.99
+"""Share right that the answers at confidence >= 0.5 should have on calib."""
 
 
 def load_labels(data: Path) -> dict[str, Any]:
@@ -219,7 +222,17 @@ def calibrate(path: Path, data: Path, labels: dict[str, Any], names: list[str]) 
         pts = tuple((b[0] + b[2] / 2, b[1] + b[3] / 2) for b in (boxes[i], boxes[j]))
         rows.append(o3.confidence_features(pairs))
         right.append(float(is_right(pts, lab)))  # type: ignore[arg-type]
-    return fit_logistic(np.array(rows), np.array(right)), float(np.mean(right))
+    x, y = np.array(rows), np.array(right)
+    w = fit_logistic(x, y)
+    # Then shift it so that 0.5 (the addon's default threshold) is where calib's answers start being
+    # TARGET_RIGHT right: the largest confident set that is at least that right.
+    z = w[0] + x @ w[1:]
+    order = np.argsort(-z)
+    share = np.cumsum(y[order]) / np.arange(1, len(y) + 1)
+    ok = np.nonzero(share >= TARGET_RIGHT)[0]
+    cut = float(z[order][ok.max()]) if ok.size else float(z.max()) + 1.0
+    w[0] -= cut - 1e-6
+    return w, float(np.mean(right))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -261,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     model = o3.Model(o3.read_net(args.out), (0.0, 1.0, 0.0), {})
     meta.update({
         "calibration": [float(v) for v in w], "calibration_features": ["1", "log best pair score", "log margin"],
+        "calibration_target_right_at_0.5": TARGET_RIGHT,
         "chroma_edge": o3.CHROMA_EDGE, "calib_right": calib_right,
         "calib_crop_accuracy": crop_accuracy(model, args.data, labels, names["calib"], classes),
     })

@@ -90,8 +90,8 @@ def test_held_out_sources_answered_in_the_pairs_boxes() -> None:
         b = {k for k, bb in enumerate(boxes) if _inside(bb, r.points[1])}
         ok = any(i != j for i in a for j in b)
         right += ok
-        answered += r.confidence >= 0.9
-        answered_right += ok and r.confidence >= 0.9
+        answered += r.confidence >= 0.5
+        answered_right += ok and r.confidence >= 0.5
     assert right >= RIGHT_MIN * len(names)
     assert answered_right >= answered - 1
 

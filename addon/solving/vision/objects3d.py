@@ -10,7 +10,7 @@ out, plus the object mask, scaled to CROP x CROP so size drops out) goes through
 `cv2.dnn`; trained by `scripts/train_3d.py` on the ground-truth boxes of the training split) that gives a
 probability per shape class. The answer is the pair of objects most likely to share a class (sum over classes of
 p_i(c) p_j(c)); its confidence is a logistic of that score and of how far ahead of the runner-up pair it is, fitted
-on the calibration split (other sources than training).
+on the calibration split (other sources than training) and shifted so that 0.5 is where answers are 99 % right.
 """
 
 from __future__ import annotations
@@ -59,7 +59,8 @@ class ObjectsResult:
     """The two objects' centres (x, y) in the image's natural pixels (what the verify scales by
     modified_img_width / natural width)."""
     confidence: float
-    """0..1, calibrated on sources the model never saw: the share of answers about this sure that were right."""
+    """0..1, fitted on sources the model never saw (calib split) as a logistic of the pair's score and margin,
+    shifted so that answers at 0.5 and above were 99 % right there; below 0.5 it is not a share right."""
     boxes: tuple[Box, ...]
     """Every object found, (x, y, width, height) in natural pixels: for debugging."""
     pair: tuple[int, int]
