@@ -123,9 +123,10 @@ async def test_with_a_key_only_what_the_local_solver_is_unsure_of_is_paid_for(
 
 WARM_LINE = LOCAL_WARM_LINE
 LOOP_BUSY_LIMIT_MS = 40.0
-"""Most CPU time the event loop's thread may spend between two wake-ups of the lag probe while solves run. A
-solve on the loop spends 25-60 ms there (scripts/bench_looplag.py, measured when breaking it on purpose); the
-proxy's own work for these few devices a few ms. CPU time, not wall time: a busy machine does not inflate it."""
+"""Most CPU time one callback of the event loop may take while six devices' solves run, less the garbage
+collector's (scripts/bench_looplag.py, looplag_callbacks). Measured: 11 ms with the solves in the workers; 150 ms
+with them put back on the loop on purpose (the first one loads numpy and OpenCV into mitmdump, which the
+workers spare it). CPU time of one callback, not wall time: neither a loaded machine nor a busy loop inflates it."""
 
 
 def read_windows(path: Path, t0: float, t1: float) -> list[dict[str, Any]]:
@@ -140,7 +141,7 @@ async def test_local_solves_start_warm_and_never_hold_the_event_loop(kit: Any, t
     lag = tmp_path / "looplag.jsonl"
     with MitmdumpProcess(["addon/main.py", "scripts/bench_looplag.py"], origin=(origin.http_port, origin.https_port),
                          options={"captcha_solvers": "local", "captcha_sidecar": str(tmp_path / "events.jsonl"),
-                                  "looplag_file": str(lag), "looplag_interval_ms": 2},
+                                  "looplag_file": str(lag), "looplag_interval_ms": 2, "looplag_callbacks": True},
                          workdir=tmp_path / "mitm", startup_timeout=60) as p:
         p.wait_for_log(WARM_LINE, timeout=60)  # without a warm-up at start this line never comes
 
@@ -158,6 +159,6 @@ async def test_local_solves_start_warm_and_never_hold_the_event_loop(kit: Any, t
     assert [e["service"] for e in events] == ["local"] * 18, events
     assert "before its warm-up" not in log and "came before the workers" not in log
     windows = read_windows(lag, t0, t1)
-    busy = max(w["max_busy_ms"] for w in windows)
-    stalls = [round(w["max_ms"], 1) for w in windows]
-    assert busy < LOOP_BUSY_LIMIT_MS, f"the loop worked {busy:.1f} ms at a stretch; stalls {stalls}"
+    longest = max(w["max_callback_ms"] for w in windows)
+    busy = [round(w["max_busy_ms"], 1) for w in windows]
+    assert longest < LOOP_BUSY_LIMIT_MS, f"one callback of the loop worked {longest:.1f} ms; per window {busy}"
