@@ -75,10 +75,16 @@ def straight_path(path: list[list[float]]) -> list[list[float]]:
     return [*steps, [total, distance, 0.0]]
 
 
+def burst_clicks(clicks: list[list[float]]) -> list[list[float]]:
+    """What not to do with an object captcha's plan: the same points, clicked all at once with no pause."""
+    return [[0.0, x, y] for _, x, y in clicks]
+
+
 def widget_query(mode: str, track_width: float, handle_width: float, picture_width: float) -> dict[str, str]:
     """The API's geometry for a widget as measured on screen: a rotate's slider (`track`, `handle`: the disc turns
     once over the handle's travel), a slide's picture (`width`: the piece moves with the handle, so the drag is
-    in the picture's on-screen pixels)."""
+    in the picture's on-screen pixels), an object captcha's picture (`width`: the points to click, in its
+    on-screen pixels)."""
     if mode == "whirl":
         return {"track": f"{track_width:g}", "handle": f"{handle_width:g}"}
     return {"width": f"{picture_width:g}"}

@@ -1,11 +1,13 @@
-"""Solve a slider captcha in Chromium through the proxy: Playwright waits for the proxy's answer and drags like a hand.
+"""Solve a captcha in Chromium through the proxy: Playwright waits for the proxy's answer, drags or clicks like a hand.
 
     uv run python -m scripts.example_playwright --proxy http://127.0.0.1:8080 --url https://SITE/PAGE-WITH-CAPTCHA
 
 For each --url: open the page through the proxy, wait for the widget, measure its slider, ask the proxy for the
 answer to that challenge in the slider's own pixels with a human-like plan (`/v1/answer/wait?...&plan=1`), replay
-the plan with `page.mouse` and print the verdict the page shows. --straight replays the same answer as a straight
-constant-speed drag instead, to see a site refuse it. Exit code 0 when every verify passed.
+the plan with `page.mouse` and print the verdict the page shows. An object captcha (3d, icon) is a picture to click:
+its plan is `clicks`, each point clicked at the picture's page coordinates after the plan's pauses, then Confirm.
+--straight replays the same answer as a straight constant-speed drag (for clicks: all at once, no pause) instead,
+to see a site refuse it. Exit code 0 when every verify passed.
 
 Chromium trusts mitmproxy's CA through --ignore-certificate-errors-spki-list with the CA key's hash: nothing to
 install in a certificate store, and unlike `ignore_https_errors` it trusts the proxy only, not any certificate.
@@ -26,12 +28,21 @@ from typing import Any
 
 from playwright.sync_api import Mouse, Page, sync_playwright
 
-from scripts.answer_api import CHROMIUM_FLAGS, DEFAULT_CA, AnswerApi, spki_hash, straight_path, widget_query
+from scripts.answer_api import (
+    CHROMIUM_FLAGS,
+    DEFAULT_CA,
+    AnswerApi,
+    burst_clicks,
+    spki_hash,
+    straight_path,
+    widget_query,
+)
 
 WIDGET = "#captcha"
 WIDGET_READY = "#captcha[data-state=ready]"
 WIDGET_DONE = "#captcha[data-verdict]"
-WIDGET_TRACK, WIDGET_HANDLE, WIDGET_PICTURE = "#track", "#handle", "#picture"
+WIDGET_TRACK, WIDGET_HANDLE, WIDGET_PICTURE, WIDGET_CONFIRM = "#track", "#handle", "#picture", "#confirm"
+CLICK_MODES = ("3d", "icon")
 
 
 def replay(mouse: Mouse, x0: float, y0: float, path: list[list[float]]) -> None:
@@ -45,6 +56,16 @@ def replay(mouse: Mouse, x0: float, y0: float, path: list[list[float]]) -> None:
             time.sleep(delay)
         mouse.move(x0 + dx, y0 + dy)
     mouse.up()
+
+
+def click(mouse: Mouse, x0: float, y0: float, clicks: list[list[float]]) -> None:
+    """Click each `[t_ms, x, y]` of the plan at (x0 + x, y0 + y), each at its time after the start."""
+    start = time.perf_counter()
+    for t_ms, x, y in clicks:
+        delay = start + t_ms / 1000 - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        mouse.click(x0 + x, y0 + y)
 
 
 def box(page: Page, selector: str) -> dict[str, float]:
@@ -61,13 +82,23 @@ def solve(page: Page, api: AnswerApi, url: str, *, straight: bool = False) -> di
     page.wait_for_selector(WIDGET_READY)
     widget = page.locator(WIDGET)
     challenge, mode = widget.get_attribute("data-challenge") or "", widget.get_attribute("data-mode") or ""
-    track, handle, picture = box(page, WIDGET_TRACK), box(page, WIDGET_HANDLE), box(page, WIDGET_PICTURE)
-    event = api.wait(challenge, after, widget_query(mode, track["width"], handle["width"], picture["width"]))
+    picture = box(page, WIDGET_PICTURE)
+    if mode in CLICK_MODES:
+        event = api.wait(challenge, after, widget_query(mode, 0, 0, picture["width"]))
+        gesture = "clicks"
+    else:
+        track, handle = box(page, WIDGET_TRACK), box(page, WIDGET_HANDLE)
+        event = api.wait(challenge, after, widget_query(mode, track["width"], handle["width"], picture["width"]))
+        gesture = "path"
     result: dict[str, Any] = {"mode": mode, "challenge": challenge, "event": event}
-    if event["event"] != "solved" or "path" not in event:
+    if event["event"] != "solved" or gesture not in event:
         return {**result, "passed": False, "message": f"no answer: {event.get('reason', event['event'])}"}
-    path = straight_path(event["path"]) if straight else event["path"]
-    replay(page.mouse, round(handle["x"] + handle["width"] / 2), round(handle["y"] + handle["height"] / 2), path)
+    if gesture == "clicks":
+        click(page.mouse, picture["x"], picture["y"], burst_clicks(event["clicks"]) if straight else event["clicks"])
+        page.locator(WIDGET_CONFIRM).click()
+    else:
+        path = straight_path(event["path"]) if straight else event["path"]
+        replay(page.mouse, round(handle["x"] + handle["width"] / 2), round(handle["y"] + handle["height"] / 2), path)
     page.wait_for_selector(WIDGET_DONE)
     passed = widget.get_attribute("data-verdict") == "pass"
     return {**result, "passed": passed, "message": page.locator("#verdict").inner_text()}
@@ -82,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host", default="captcha.mitm", help="the addon's captcha_host")
     p.add_argument("--token", default="", help="captcha_api_token, if the proxy has one")
     p.add_argument("--timeout", type=float, default=30, help="seconds to wait for an answer")
-    p.add_argument("--straight", action="store_true", help="drag in a straight line at constant speed (a bot's)")
+    p.add_argument("--straight", action="store_true",
+                   help="drag in a straight line at constant speed, or click all points at once (a bot's)")
     p.add_argument("--screenshot", type=Path, help="save the widget after the last verdict to this PNG")
     p.add_argument("--headed", action="store_true", help="show the browser window")
     args = p.parse_args(argv)
@@ -100,7 +132,9 @@ def main(argv: list[str] | None = None) -> int:
                 result = solve(page, api, url, straight=args.straight)
                 passed += result["passed"]
                 drag = result["event"].get("drag") or {}
-                print(f"{result['mode']} {result['challenge'][:12]}: dragged {drag.get('x', 0):.1f} px, "
+                did = (f"clicked {len(drag['points'])} points" if "points" in drag
+                       else f"dragged {drag.get('x', 0):.1f} px")
+                print(f"{result['mode']} {result['challenge'][:12]}: {did}, "
                       f"{'passed' if result['passed'] else 'refused'}: {result['message']}", flush=True)
             if args.screenshot:
                 page.locator(WIDGET).screenshot(path=str(args.screenshot))

@@ -1,9 +1,10 @@
-"""Solve a slider captcha in Chromium through the proxy with Selenium: wait for the proxy's answer, drag like a hand.
+"""Solve a captcha in Chromium through the proxy with Selenium: wait for the proxy's answer, drag or click like a hand.
 
     uv run python -m scripts.example_selenium --proxy http://127.0.0.1:8080 --url https://SITE/PAGE-WITH-CAPTCHA
 
 The same flow as scripts/example_playwright.py, with Debian's chromium-driver (/usr/bin/chromedriver) and W3C
-actions: the plan's `[t_ms, dx, dy]` steps become pointer moves with pauses between them, in one `perform()`.
+actions: the plan's `[t_ms, dx, dy]` steps become pointer moves with pauses between them, in one `perform()`; an
+object captcha's `clicks` (`[t_ms, x, y]` on the picture) become clicks with the plan's pauses, then Confirm.
 Chromium trusts mitmproxy's CA through --ignore-certificate-errors-spki-list (the CA key's hash), as there.
 """
 
@@ -21,10 +22,19 @@ from selenium.webdriver.common.actions.action_builder import ActionBuilder
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from scripts.answer_api import CHROMIUM_FLAGS, DEFAULT_CA, AnswerApi, spki_hash, straight_path, widget_query
+from scripts.answer_api import (
+    CHROMIUM_FLAGS,
+    DEFAULT_CA,
+    AnswerApi,
+    burst_clicks,
+    spki_hash,
+    straight_path,
+    widget_query,
+)
 
 WIDGET_READY = "#captcha[data-state=ready]"
 WIDGET_DONE = "#captcha[data-verdict]"
+CLICK_MODES = ("3d", "icon")
 
 
 def replay(driver: webdriver.Chrome, x0: int, y0: int, path: list[list[float]]) -> None:
@@ -43,6 +53,20 @@ def replay(driver: webdriver.Chrome, x0: int, y0: int, path: list[list[float]]) 
     actions.perform()
 
 
+def click(driver: webdriver.Chrome, x0: float, y0: float, clicks: list[list[float]]) -> None:
+    """Click each `[t_ms, x, y]` of the plan at (x0 + x, y0 + y) (viewport pixels, rounded), on time."""
+    actions = ActionBuilder(driver, duration=0)
+    pointer = actions.pointer_action
+    last = 0.0
+    for t_ms, x, y in clicks:
+        if t_ms > last:
+            pointer.pause((t_ms - last) / 1000)
+        pointer.move_to_location(round(x0 + x), round(y0 + y))
+        pointer.click()
+        last = t_ms
+    actions.perform()
+
+
 def rect(driver: webdriver.Chrome, selector: str) -> dict[str, float]:
     found: dict[str, float] = driver.execute_script(
         "const r = document.querySelector(arguments[0]).getBoundingClientRect();"
@@ -58,13 +82,23 @@ def solve(driver: webdriver.Chrome, api: AnswerApi, url: str, *, straight: bool 
     wait = WebDriverWait(driver, timeout)
     widget = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, WIDGET_READY))
     challenge, mode = widget.get_attribute("data-challenge") or "", widget.get_attribute("data-mode") or ""
-    track, handle, picture = rect(driver, "#track"), rect(driver, "#handle"), rect(driver, "#picture")
-    event = api.wait(challenge, after, widget_query(mode, track["width"], handle["width"], picture["width"]))
+    picture = rect(driver, "#picture")
+    if mode in CLICK_MODES:
+        event = api.wait(challenge, after, widget_query(mode, 0, 0, picture["width"]))
+        gesture = "clicks"
+    else:
+        track, handle = rect(driver, "#track"), rect(driver, "#handle")
+        event = api.wait(challenge, after, widget_query(mode, track["width"], handle["width"], picture["width"]))
+        gesture = "path"
     result: dict[str, Any] = {"mode": mode, "challenge": challenge, "event": event}
-    if event["event"] != "solved" or "path" not in event:
+    if event["event"] != "solved" or gesture not in event:
         return {**result, "passed": False, "message": f"no answer: {event.get('reason', event['event'])}"}
-    path = straight_path(event["path"]) if straight else event["path"]
-    replay(driver, round(handle["x"] + handle["width"] / 2), round(handle["y"] + handle["height"] / 2), path)
+    if gesture == "clicks":
+        click(driver, picture["x"], picture["y"], burst_clicks(event["clicks"]) if straight else event["clicks"])
+        driver.find_element(By.ID, "confirm").click()
+    else:
+        path = straight_path(event["path"]) if straight else event["path"]
+        replay(driver, round(handle["x"] + handle["width"] / 2), round(handle["y"] + handle["height"] / 2), path)
     done = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, WIDGET_DONE))
     passed = done.get_attribute("data-verdict") == "pass"
     return {**result, "passed": passed, "message": driver.find_element(By.ID, "verdict").text}
@@ -80,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host", default="captcha.mitm", help="the addon's captcha_host")
     p.add_argument("--token", default="", help="captcha_api_token, if the proxy has one")
     p.add_argument("--timeout", type=float, default=30, help="seconds to wait for an answer")
-    p.add_argument("--straight", action="store_true", help="drag in a straight line at constant speed (a bot's)")
+    p.add_argument("--straight", action="store_true",
+                   help="drag in a straight line at constant speed, or click all points at once (a bot's)")
     p.add_argument("--headed", action="store_true", help="show the browser window")
     args = p.parse_args(argv)
 
@@ -101,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
             result = solve(driver, api, url, straight=args.straight, timeout=args.timeout)
             passed += result["passed"]
             drag = result["event"].get("drag") or {}
-            print(f"{result['mode']} {result['challenge'][:12]}: dragged {drag.get('x', 0):.1f} px, "
+            did = f"clicked {len(drag['points'])} points" if "points" in drag else f"dragged {drag.get('x', 0):.1f} px"
+            print(f"{result['mode']} {result['challenge'][:12]}: {did}, "
                   f"{'passed' if result['passed'] else 'refused'}: {result['message']}", flush=True)
     finally:
         driver.quit()

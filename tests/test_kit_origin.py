@@ -449,3 +449,37 @@ def test_the_widget_is_served_on_any_host(origin: OriginServer) -> None:
         assert client.get("/captcha/widget/../origin.py").status_code == 404
         assert client.get("/captcha/widget/nothing.js").status_code == 404
         assert client.post("/captcha/widget/").status_code == 405
+
+
+def test_a_web_verify_of_clicks_is_judged_on_their_timing_too(tmp_path: Path) -> None:
+    generate(tmp_path, seed=12, count=1)
+    icon = synth.add_object_challenges(tmp_path, icons=1, seed=12).challenges[-1]
+    assert isinstance(icon, ThreeDChallenge) and icon.targets is not None and len(icon.targets) == 2
+    scale = 340 / icon.url1.width
+    inside = [(x * scale, y * scale) for x, y, _, _ in icon.targets]
+    outside = [inside[0], (1.0, 1.0)]
+
+    def clicks(times: list[float | None], points: list[tuple[float, float]] = inside) -> list[dict[str, Any]]:
+        return [{"x": x, "y": y, **({"relative_time": t} if t is not None else {})}
+                for (x, y), t in zip(points, times, strict=True)]
+
+    body = {"modified_img_width": 340, "id": icon.id, "mode": "icon", "verify_id": "Verify_1"}
+    cases = [
+        (clicks([620, 1350]), ""),
+        (clicks([1350, 620]), ""),  # judged in time order
+        (clicks([620, 650]), "clicks_too_close"),  # under 80 ms apart
+        (clicks([620, 720]), "clicks_too_fast"),  # 100 ms apart, both within 150 ms
+        (clicks([620, None]), "clicks_no_time"),
+        (clicks([620, 1350], outside), "wrong_answer"),  # the clicks are judged before their timing
+        (clicks([620, 621], outside), "wrong_answer"),
+    ]
+    with OriginServer(tmp_path) as origin, httpx.Client(base_url=origin.http_url) as client:
+        for reply, reason in cases:
+            status, answer = verify(client, {**body, "reply": reply}, platform="pc")
+            assert (status, answer) == (200, PASS_BODY if not reason else FAIL_BODY), reason
+            logged = origin.stats()["verifications"][-1]
+            assert logged["reason"] == (reason or None), reason
+            assert "clicks" in logged["trajectory"]
+        # Without platform=pc (the device client's verify) the clicks' timing is not judged.
+        assert verify(client, {**body, "reply": clicks([0, 0])}) == (200, PASS_BODY)
+        assert "trajectory" not in origin.stats()["verifications"][-1]

@@ -72,6 +72,10 @@ TRAJECTORY_MIN_WOBBLE_PX = 1.0
 TRAJECTORY_MIN_PEAK_RATIO = 1.3
 """The fastest fifth of the drag (by time) must be at least this much faster than the drag's average speed."""
 TRAJECTORY_BINS = 5
+CLICKS_MIN_SPAN_MS = 150.0
+"""A web widget's clicks on an object picture: all of them within this time of the first is a bot's burst..."""
+CLICKS_MIN_GAP_MS = 80.0
+"""... and so is any two in a row closer than this (a person moves the mouse to the next object)."""
 CERT_NAMES = ("localhost", "*.tiktokv.com", "*.tiktok.com", "*.tiktokv.eu", "*.tiktokv.us", "*.tiktokw.eu",
               "*.ibyteimg.com", "*.tiktokcdn-eu.com", "*.byteimg.com", "*.byteoversea.com", "*.zijieapi.com",
               "*.snssdk.com")
@@ -195,7 +199,12 @@ class Origin:
         if not isinstance(reply, list) or not reply or not isinstance(reply[-1], dict):
             return False, "no_reply"
         if isinstance(c, ThreeDChallenge):
-            return self._judge_clicks(c, reply, request.get("modified_img_width", DEFAULT_WIDTH))
+            passed, reason = self._judge_clicks(c, reply, request.get("modified_img_width", DEFAULT_WIDTH))
+            if passed and web:
+                why, _ = judge_click_timing(reply)
+                if why:
+                    return False, why
+            return passed, reason
         x, width = _number(reply[-1].get("x")), _number(request.get("modified_img_width", DEFAULT_WIDTH))
         if x is None or width is None or width <= 0:
             return False, "bad_numbers"
@@ -258,9 +267,12 @@ class Origin:
         reply = request.get("reply") if isinstance(request, dict) else None
         trajectory: dict[str, Any] | None = None
         if web and isinstance(reply, list):
-            why, trajectory = judge_trajectory(reply)
-            logger.info("web verify %s: %s; trajectory %s (%s)",
+            with self._lock:
+                clicked = isinstance(self.typed.get(str(request.get("id"))), ThreeDChallenge)
+            why, trajectory = judge_click_timing(reply) if clicked else judge_trajectory(reply)
+            logger.info("web verify %s: %s; %s %s (%s)",
                         request.get("id") if isinstance(request, dict) else None,
+                        "clicks" if clicked else "trajectory",
                         "pass" if passed else f"fail, {reason}", why or "human-like",
                         ", ".join(f"{k} {v}" for k, v in trajectory.items()))
         with self._lock:
@@ -409,6 +421,26 @@ def judge_trajectory(reply: list[Any]) -> tuple[str, dict[str, Any]]:
         return "trajectory_no_wobble", measured
     if ratio < TRAJECTORY_MIN_PEAK_RATIO:
         return "trajectory_constant_speed", measured
+    return "", measured
+
+
+def judge_click_timing(reply: list[Any]) -> tuple[str, dict[str, Any]]:
+    """Why a web widget's clicks on an object picture came like a bot's (`""` when like a hand's), and what was
+    measured. Refused, in this order: a click without a numeric `relative_time` (`clicks_no_time`); two in a row
+    (in time order) less than 80 ms apart (`clicks_too_close`); two clicks or more all within 150 ms
+    (`clicks_too_fast`)."""
+    times = [_number(p.get("relative_time")) if isinstance(p, dict) else None for p in reply]
+    if any(t is None for t in times):
+        return "clicks_no_time", {"clicks": len(reply)}
+    ordered = sorted(cast(list[float], times))
+    gaps = [b - a for a, b in itertools.pairwise(ordered)]
+    span = ordered[-1] - ordered[0] if ordered else 0.0
+    measured: dict[str, Any] = {"clicks": len(ordered), "span_ms": round(span),
+                                "min_gap_ms": round(min(gaps)) if gaps else None}
+    if gaps and min(gaps) < CLICKS_MIN_GAP_MS:
+        return "clicks_too_close", measured
+    if len(ordered) > 1 and span < CLICKS_MIN_SPAN_MS:
+        return "clicks_too_fast", measured
     return "", measured
 
 
