@@ -335,8 +335,9 @@ def main(argv: list[str] | None = None) -> int:
         print(report(outcomes, args.threshold, args.markdown))
         if args.three_d:
             from scripts import eval_3d
+            from scripts.train_3d import DEFAULT_DATA
 
-            print(eval_3d.evaluate(eval_3d.DEFAULT_DATA, args.threshold, args.markdown))
+            print(eval_3d.evaluate(DEFAULT_DATA, args.threshold, args.markdown))
         crashes = [o for o in outcomes if o.confidence is not None and not math.isfinite(o.confidence)]
         print(f"{len(outcomes)} solves on {where}; set seed {manifest['seed']} scale {manifest['scale']}"
               f"{' photos ' + ', '.join(Path(x).name for x in manifest['photos']) if manifest['photos'] else ''}; "
