@@ -312,6 +312,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD)
     p.add_argument("--markdown", action="store_true", help="print the tables as Markdown (for BENCHMARKS.md)")
     p.add_argument("--fit", action="store_true", help="fit the confidence mappings on the tune split and print them")
+    p.add_argument("--3d", dest="three_d", action="store_true",
+                   help="also the 3d solver's figures per split of the real labelled set (scripts/eval_3d.py)")
     args = p.parse_args(argv)
     where = one_core()
     tmp: Path | None = None
@@ -331,6 +333,11 @@ def main(argv: list[str] | None = None) -> int:
             print(fit(outcomes))
             return 0
         print(report(outcomes, args.threshold, args.markdown))
+        if args.three_d:
+            from scripts import eval_3d
+            from scripts.train_3d import DEFAULT_DATA
+
+            print(eval_3d.evaluate(DEFAULT_DATA, args.threshold, args.markdown))
         crashes = [o for o in outcomes if o.confidence is not None and not math.isfinite(o.confidence)]
         print(f"{len(outcomes)} solves on {where}; set seed {manifest['seed']} scale {manifest['scale']}"
               f"{' photos ' + ', '.join(Path(x).name for x in manifest['photos']) if manifest['photos'] else ''}; "

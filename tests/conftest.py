@@ -120,3 +120,13 @@ def tiny_manifest(directory: Path, whirls: int = 2, slides: int = 2) -> dict[str
     manifest = {"seed": 7, "widget": {"width": 340, "handle": 69, "travel": 271}, "challenges": challenges}
     (directory / "manifest.json").write_text(json.dumps(manifest))
     return manifest
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """End-to-end modules first: pytest-xdist hands modules out in this order, so the long ones start early and
+    the quick ones fill the gaps, instead of a long module starting last and running alone at the end."""
+    def slow_first(item: pytest.Item) -> int:
+        name = item.path.name if hasattr(item, "path") else ""
+        return 0 if name.startswith(("test_e2e", "test_kit_proxy", "test_fuzz", "test_scripts_help")) else 1
+
+    items.sort(key=slow_first)
