@@ -122,11 +122,18 @@ def tiny_manifest(directory: Path, whirls: int = 2, slides: int = 2) -> dict[str
     return manifest
 
 
+LONGEST_MODULES = ("test_e2e_robust.py", "test_e2e.py", "test_e2e_delivery.py", "test_e2e_dashboard.py",
+                   "test_e2e_browser.py", "test_e2e_chain.py", "test_e2e_fleet.py", "test_e2e_local.py")
+"""The modules that take longest (a minute or more of one worker each), longest first."""
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """End-to-end modules first: pytest-xdist hands modules out in this order, so the long ones start early and
     the quick ones fill the gaps, instead of a long module starting last and running alone at the end."""
     def slow_first(item: pytest.Item) -> int:
         name = item.path.name if hasattr(item, "path") else ""
-        return 0 if name.startswith(("test_e2e", "test_kit_proxy", "test_fuzz", "test_scripts_help")) else 1
+        if name in LONGEST_MODULES:
+            return LONGEST_MODULES.index(name)
+        return len(LONGEST_MODULES) if name.startswith(("test_e2e", "test_kit_proxy", "test_fuzz")) else 99
 
     items.sort(key=slow_first)
