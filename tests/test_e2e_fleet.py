@@ -413,7 +413,9 @@ async def test_redis_killed_mid_run_loses_no_event_and_stalls_no_device(fleet: R
     finally:
         await r.aclose()
     slowest = max(took)
-    assert slowest[0] < 1.0, f"{slowest[1]} took {slowest[0]:.2f} s ({len(took)} requests)"
+    # About 0.15 s on a quiet machine and up to about 1.2 s beside the suite's other workers on two cores; a device
+    # request that waited on Redis would take the client's connect timeout (2 s) or its backoff on top.
+    assert slowest[0] < 2.0, f"{slowest[1]} took {slowest[0]:.2f} s ({len(took)} requests)"
     late = 0
     for node, mark in zip(nodes, marks, strict=True):
         lines = [line for line in node.log_lines(mark) if "captcha fleet" in line]
