@@ -123,7 +123,7 @@ async def answer_of(device: Device, ch: Challenge) -> dict[str, Any]:
     r = await device.api("/v1/answer/wait", timeout=20)
     assert r.status_code == 200, (r.status_code, r.text)
     event: dict[str, Any] = r.json()
-    assert (event["challenge"], event["event"]) == (ch.id, "solved"), event
+    assert (event["challenge"], event["event"]) == (ch.id, "solved"), json.dumps(event)
     return event
 
 
