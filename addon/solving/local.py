@@ -54,7 +54,7 @@ class LocalSolver:
         job.started(None)
         target, args = _vision_call(challenge)
         try:
-            found: vision.VisionResult = await self.pool.run(target, *args)
+            found = await self.pool.run(target, *args)  # a VisionResult, or an ObjectsResult for 3d
         except vision.VisionError as e:
             if challenge.kind is Kind.THREE_D:
                 # The picture passed the checks every object image gets before solving: the model not finding
