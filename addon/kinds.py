@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Literal
+from typing import Literal, get_args
 
 
 class Kind(StrEnum):
@@ -41,13 +41,11 @@ FailureReason = Literal[
     "timeout", "unsolvable", "api_error", "invalid_key", "overloaded", "shutdown", "bad_image", "no_solver",
     "no_question", "internal_error",
 ]
-FAILURE_REASONS: tuple[FailureReason, ...] = (
-    "timeout", "unsolvable", "api_error", "invalid_key", "overloaded", "shutdown", "bad_image", "no_solver",
-    "no_question", "internal_error",
-)
+FAILURE_REASONS: tuple[FailureReason, ...] = get_args(FailureReason)
 """The `reason` of a `failed` event. `no_solver`: no solver of the chain takes the challenge's kind (nothing was
 sent anywhere). `no_question`: an icon challenge whose prompt the traffic did not carry (nothing was paid).
-`internal_error`: a bug of the addon (logged with its traceback), never blamed on a service as `api_error`."""
+`internal_error`: a bug of the addon (logged with its traceback), never blamed on a service as `api_error`.
+Each has its exception class in `addon/solving/failures.py`."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,8 @@ from addon.kinds import Kind, Role, kind_by_path
 from addon.publish.answer_picture import draw_answer
 from addon.publish.http_api import drag_for
 from addon.solving import omocaptcha_v1, omocaptcha_v2
-from addon.solving.base import PointsAnswer, Solution, SolveFailure
+from addon.solving.base import PointsAnswer, Solution
+from addon.solving.failures import BadImage, SolveFailure
 from addon.solving.local import LocalSolver
 from addon.solving.omocaptcha_v1 import OmocaptchaV1Solver
 from addon.solving.omocaptcha_v2 import OmocaptchaV2Solver
@@ -105,11 +106,11 @@ def test_a_lone_552x344_image_stays_a_background_unless_its_path_names_its_kind(
 ])
 def test_a_bad_object_image_fails_before_any_job(body: bytes, why: str) -> None:
     c = captured(Kind.THREE_D, body)
-    with pytest.raises(images.BadImage):
-        omocaptcha_v1.job_payload(c, 340)
-    with pytest.raises(SolveFailure) as failure:
-        omocaptcha_v2.task_of(c, 340)
-    assert (failure.value.reason, failure.value.reached) == ("bad_image", False), why
+    # v1 and v2 refuse it the same way: the BadImage failure, nothing sent.
+    for build in (omocaptcha_v1.job_payload, omocaptcha_v2.task_of):
+        with pytest.raises(BadImage) as failure:
+            build(c, 340)
+        assert (failure.value.reason, failure.value.reached) == ("bad_image", False), why
 
 
 def test_the_jobs_carry_view_sizes_from_the_images_aspect() -> None:

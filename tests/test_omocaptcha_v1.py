@@ -13,10 +13,11 @@ from typing import Any
 import pytest
 
 from addon.capture.assemble import Captured, make_part
-from addon.capture.images import BadImage, Role, probe
+from addon.capture.images import Role, probe
 from addon.capture.recognise import Kind
 from addon.mitm.solving import make_http_client
 from addon.publish.bus import EventBus
+from addon.solving.failures import BadImage
 from addon.solving.omocaptcha_v1 import OmocaptchaV1Solver, job_payload
 from addon.solving.scheduler import Scheduler, SchedulerConfig
 from tests.conftest import tiny_manifest

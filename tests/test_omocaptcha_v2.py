@@ -17,7 +17,8 @@ import pytest
 from addon.capture.assemble import Captured, make_part
 from addon.capture.images import Role, probe
 from addon.capture.recognise import Kind
-from addon.solving.base import RotateAnswer, SlideAnswer, Solution, SolveFailure
+from addon.solving.base import RotateAnswer, SlideAnswer, Solution
+from addon.solving.failures import SolveFailure, Unavailable
 from addon.solving.omocaptcha_v2 import DEFAULT_URL, OmocaptchaV2Solver
 from tests.kit.fake_omocaptcha import FakeOmocaptcha
 from tests.kit.synth import Manifest, SlideChallenge, WhirlChallenge, generate
@@ -85,8 +86,8 @@ class RecordingJob:
         self.calls.append(("ok", None))
         self._polled()
 
-    def service_fault(self, failure: SolveFailure) -> None:
-        assert failure.transient
+    def service_fault(self, failure: Unavailable) -> None:
+        assert isinstance(failure, Unavailable)
         self.calls.append(("fault", failure.message))
         self._polled()
 
@@ -268,7 +269,7 @@ async def test_refused_create_is_tried_three_times(manifest: Manifest, http: htt
     solver.create_backoff = (0.01, 0.02)
     job = RecordingJob()
     failure = await failure_of(solver, captured(manifest, manifest.whirls()[0]), job)
-    assert failure.reason == "api_error" and failure.transient and not failure.reached
+    assert failure.reason == "api_error" and isinstance(failure, Unavailable) and not failure.reached
     assert job.count("sent") == 3 and job.net_sent == 0 and job.count("fault") == 3
 
 
@@ -279,7 +280,7 @@ async def test_create_turned_away_is_retried_with_backoff(
     fake.control(faults={"v2/createTask": {fault: 1.0}})
     job = RecordingJob()
     failure = await failure_of(solver, captured(manifest, manifest.whirls()[0]), job)
-    assert failure.transient and not failure.reached
+    assert isinstance(failure, Unavailable) and not failure.reached
     times = [e["time"] for e in creates(fake)]
     assert len(times) == 3 and times[1] - times[0] >= 0.045 and times[2] - times[1] >= 0.095
     assert job.net_sent == 0 and job.count("fault") == 3
@@ -349,7 +350,7 @@ async def test_key_refused_while_polling(manifest: Manifest, fake: FakeOmocaptch
 async def test_failed_task_is_unsolvable(manifest: Manifest, fake: FakeOmocaptcha, solver: OmocaptchaV2Solver) -> None:
     fake.control(fail_share=1.0)
     failure = await failure_of(solver, captured(manifest, manifest.whirls()[0]), RecordingJob())
-    assert failure.reason == "unsolvable" and "ERROR_JOB_STATUS" in failure.message and not failure.transient
+    assert failure.reason == "unsolvable" and "ERROR_JOB_STATUS" in failure.message and not isinstance(failure, Unavailable)
 
 
 async def test_empty_solution_is_unsolvable(
@@ -366,7 +367,7 @@ async def test_zero_balance_is_an_api_error(
     fake.control(balance="0")
     job = RecordingJob()
     failure = await failure_of(solver, captured(manifest, manifest.whirls()[0]), job)
-    assert failure.reason == "api_error" and not failure.transient
+    assert failure.reason == "api_error" and not isinstance(failure, Unavailable)
     assert failure.message == "createTask: ERROR_ZERO_BALANCE (Account has zero balance.)"
     assert len(creates(fake)) == 1 and job.count("fault") == 0
 
@@ -391,7 +392,7 @@ async def test_check_reads_the_balance(fake: FakeOmocaptcha, solver: OmocaptchaV
         fake.control(faults={"v2/getBalance": {fault: 1.0}})
         with pytest.raises(SolveFailure) as info:
             await solver.check()
-        assert (info.value.reason, info.value.transient, info.value.reached) == ("api_error", True, False)
+        assert (type(info.value), info.value.reached) == (Unavailable, False)
     fake.control(faults={"v2/getBalance": {"wrong_shape": 1.0}})
     assert await solver.check() == "0.00000"  # v1's shape still carries a balance
 
@@ -400,7 +401,7 @@ async def test_check_when_unreachable(http: httpx.AsyncClient) -> None:
     solver = OmocaptchaV2Solver(f"http://127.0.0.1:{_free_port()}/v2", KEY, http)
     with pytest.raises(SolveFailure) as info:
         await solver.check()
-    assert (info.value.reason, info.value.transient, info.value.reached) == ("api_error", True, False)
+    assert (type(info.value), info.value.reached) == (Unavailable, False)
 
 
 async def test_report_is_best_effort(manifest: Manifest, fake: FakeOmocaptcha, solver: OmocaptchaV2Solver) -> None:

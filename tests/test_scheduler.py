@@ -17,7 +17,8 @@ from addon.capture.assemble import Captured, ImagePart
 from addon.capture.images import ImageInfo, Role
 from addon.capture.recognise import Kind
 from addon.publish.bus import EventBus
-from addon.solving.base import Job, RotateAnswer, Solution, SolveFailure
+from addon.solving import failures
+from addon.solving.base import Job, RotateAnswer, Solution
 from addon.solving.scheduler import Scheduler, SchedulerConfig
 
 pytestmark = pytest.mark.usefixtures("eager_tasks")  # the task factory the proxy runs under
@@ -36,10 +37,10 @@ class Scripted:
     """A solver that answers what it is told to, after `delay`, and counts its jobs."""
 
     def __init__(self, name: str, *, paid: bool = True, angle: float = 90.0, confidence: float | None = None,
-                 fail: str | None = None, delay: float = 0.0, transient: bool = False):
+                 fail: type[failures.SolveFailure] | None = None, delay: float = 0.0):
         self.name, self.paid = name, paid
         self.kinds = frozenset(Kind)
-        self.angle, self.confidence, self.fail, self.delay, self.transient = angle, confidence, fail, delay, transient
+        self.angle, self.confidence, self.fail, self.delay = angle, confidence, fail, delay
         self.jobs: list[str] = []
         self.gate: asyncio.Event | None = None
 
@@ -52,8 +53,8 @@ class Scripted:
             await self.gate.wait()
         await asyncio.sleep(self.delay)
         if self.fail:
-            failure = SolveFailure(self.fail, f"{self.name} says {self.fail}", transient=self.transient)
-            if self.transient:
+            failure = self.fail(f"{self.name} says {self.fail.reason}")
+            if isinstance(failure, failures.Unavailable):
                 job.service_fault(failure)
             raise failure
         if self.paid:
@@ -122,7 +123,7 @@ async def test_an_unsure_local_answer_goes_to_the_next_solver() -> None:
 
 
 async def test_with_no_solver_left_the_unsure_answer_is_published_with_its_confidence() -> None:
-    local, paid = Scripted("local", paid=False, angle=30, confidence=0.2), Scripted("omocaptcha-v1", fail="unsolvable")
+    local, paid = Scripted("local", paid=False, angle=30, confidence=0.2), Scripted("omocaptcha-v1", fail=failures.Unsolvable)
     h = Harness(local, paid, local_confidence=0.5)
     h.scheduler.submit(captured("a"))
     [final] = await h.settle()
@@ -132,7 +133,7 @@ async def test_with_no_solver_left_the_unsure_answer_is_published_with_its_confi
 
 
 async def test_unsolvable_passes_to_the_next_and_every_challenge_ends_once() -> None:
-    v1, v2 = Scripted("omocaptcha-v1", fail="unsolvable"), Scripted("omocaptcha-v2", angle=200)
+    v1, v2 = Scripted("omocaptcha-v1", fail=failures.Unsolvable), Scripted("omocaptcha-v2", angle=200)
     h = Harness(v1, v2)
     for n in range(5):
         h.scheduler.submit(captured(f"c{n}", picture=f"p{n}"))
@@ -144,7 +145,7 @@ async def test_unsolvable_passes_to_the_next_and_every_challenge_ends_once() -> 
 
 
 async def test_the_last_failure_is_the_final_reason() -> None:
-    h = Harness(Scripted("omocaptcha-v1", fail="unsolvable"), Scripted("omocaptcha-v2", fail="api_error"))
+    h = Harness(Scripted("omocaptcha-v1", fail=failures.Unsolvable), Scripted("omocaptcha-v2", fail=failures.ServiceError))
     h.scheduler.submit(captured("a"))
     [final] = await h.settle()
     assert (final["reason"], final["service"], final["tried"]) == ("api_error", "omocaptcha-v2",
@@ -153,7 +154,7 @@ async def test_the_last_failure_is_the_final_reason() -> None:
 
 
 async def test_bad_image_ends_the_chain_at_once() -> None:
-    v1, v2 = Scripted("omocaptcha-v1", fail="bad_image"), Scripted("omocaptcha-v2")
+    v1, v2 = Scripted("omocaptcha-v1", fail=failures.BadImage), Scripted("omocaptcha-v2")
     h = Harness(v1, v2)
     h.scheduler.submit(captured("a"))
     [final] = await h.settle()

@@ -8,6 +8,7 @@ import asyncio
 from typing import Any
 
 from addon.capture.assemble import Captured
+from addon.solving import failures
 from addon.solving.base import Job, RotateAnswer, Solution
 from addon.solving.scheduler import SchedulerConfig
 from tests.test_scheduler_rules import Harness, Solver, answer, captured, fail, fleet_harness, until
@@ -58,7 +59,7 @@ async def test_a_repeat_waits_for_the_answer_in_flight_and_pays_nothing() -> Non
 
 async def test_when_the_first_fails_one_repeat_takes_over_and_the_others_wait_for_it() -> None:
     gate, again = asyncio.Event(), asyncio.Event()
-    v1 = Solver(steps=[held(gate, fail("unsolvable")), held(again, answer(45, job_id="job-b"))])
+    v1 = Solver(steps=[held(gate, fail(failures.Unsolvable)), held(again, answer(45, job_id="job-b"))])
     h = Harness(v1)
     for cid in ("a", "b", "c"):
         h.scheduler.submit(captured(cid, picture="p"))

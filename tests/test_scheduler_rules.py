@@ -17,8 +17,9 @@ from addon.capture.images import BadImage, ImageInfo, Role
 from addon.capture.recognise import Kind
 from addon.fleet.shared import solve_shared
 from addon.publish.bus import EventBus
+from addon.solving import failures
 from addon.solving import scheduler as scheduler_module
-from addon.solving.base import Job, RotateAnswer, SlideAnswer, Solution, SolveFailure
+from addon.solving.base import Job, RotateAnswer, SlideAnswer, Solution
 from addon.solving.scheduler import Scheduler, SchedulerConfig
 
 
@@ -89,10 +90,10 @@ def answer(angle: float, job_id: int | None = 7, confidence: float | None = None
     return step
 
 
-def fail(reason: str, transient: bool = False) -> Callable[[Captured, Job], Any]:
+def fail(kind: type[failures.SolveFailure]) -> Callable[[Captured, Job], Any]:
     def step(challenge: Captured, job: Job) -> Solution:
-        failure = SolveFailure(reason, f"says {reason}", transient=transient)
-        if transient:
+        failure = kind(f"says {kind.reason}")
+        if isinstance(failure, failures.Unavailable):
             job.service_fault(failure)
         raise failure
     return step
@@ -162,7 +163,7 @@ async def test_the_key_is_checked_at_start_and_the_balance_kept(caplog: pytest.L
 async def test_a_refused_key_fails_its_challenges_until_a_recheck_accepts_it(
         caplog: pytest.LogCaptureFixture, fast_monitor: None) -> None:
     caplog.set_level(logging.INFO)
-    refused = SolveFailure("invalid_key", "getBalance: bad token")
+    refused = failures.InvalidKey("getBalance: bad token")
     solver = Solver(checks=[refused, refused, "3.00"])
     h = Harness(solver)
     state = h.scheduler.services["omocaptcha-v1"]
@@ -199,7 +200,7 @@ async def test_a_refused_key_fails_its_challenges_until_a_recheck_accepts_it(
 
 
 async def test_a_key_refused_while_solving_sends_the_next_challenges_elsewhere() -> None:
-    v1 = Solver(steps=[fail("invalid_key")])
+    v1 = Solver(steps=[fail(failures.InvalidKey)])
     v2 = Solver("omocaptcha-v2", checks=["1"])
     h = Harness(v1, v2)
     await until(lambda: h.scheduler.services["omocaptcha-v2"].key_state == "valid")
@@ -215,7 +216,7 @@ async def test_a_key_refused_while_solving_sends_the_next_challenges_elsewhere()
 
 
 @pytest.mark.parametrize(("error", "line"), [
-    (SolveFailure("api_error", "getBalance: cannot connect", transient=True),
+    (failures.Unavailable("getBalance: cannot connect"),
      "captcha: could not check the omocaptcha-v1 key (getBalance: cannot connect); solving anyway"),
     (RuntimeError("boom"), "captcha: checking omocaptcha-v1 failed: RuntimeError"),
 ])
@@ -278,7 +279,7 @@ def take_down(h: Harness, name: str = "omocaptcha-v1") -> None:
 
 async def test_a_down_service_alone_is_probed_every_probe_s_and_its_challenges_wait_for_the_verdict(
         fast_monitor: None) -> None:
-    solver = Solver(checks=["1", SolveFailure("api_error", "refused", transient=True), "2"])
+    solver = Solver(checks=["1", failures.Unavailable("refused"), "2"])
     h = Harness(solver, timeout_s=60)
     state = h.scheduler.services["omocaptcha-v1"]
     await until(lambda: state.key_state == "valid")
@@ -304,7 +305,7 @@ async def test_a_down_service_alone_is_probed_every_probe_s_and_its_challenges_w
 
 
 async def test_a_down_service_with_another_behind_it_is_skipped(fast_monitor: None) -> None:
-    v1, v2 = Solver(), Solver("omocaptcha-v2", checks=["1", SolveFailure("api_error", "refused", transient=True)])
+    v1, v2 = Solver(), Solver("omocaptcha-v2", checks=["1", failures.Unavailable("refused")])
     h = Harness(v1, v2, timeout_s=60)
     await until(lambda: v1.check_calls == v2.check_calls == 1)
     take_down(h)
@@ -321,7 +322,7 @@ async def test_a_down_service_with_another_behind_it_is_skipped(fast_monitor: No
 
 
 async def test_service_health_follows_the_solvers_reports() -> None:
-    solver = Solver(steps=[fail("api_error", transient=True), answer(10)])
+    solver = Solver(steps=[fail(failures.Unavailable), answer(10)])
     h = Harness(solver)
     state = h.scheduler.services["omocaptcha-v1"]
     await until(lambda: state.key_state == "valid")
@@ -384,7 +385,7 @@ async def test_the_job_a_solver_gets() -> None:
 async def test_a_failure_names_the_service_and_job_it_came_from() -> None:
     def started_then_unsolvable(challenge: Captured, job: Job) -> Solution:
         job.started(55)
-        raise SolveFailure("unsolvable", "no answer")
+        raise failures.Unsolvable("no answer")
 
     h = Harness(Solver(steps=[started_then_unsolvable]))
     h.scheduler.submit(captured("a", client="phone"))
@@ -419,7 +420,7 @@ async def test_the_most_confident_unsure_answer_is_the_one_published() -> None:
     local = Solver("local", paid=False, steps=[answer(10, None, 0.2)])
     other = Solver("local-2", paid=False, steps=[answer(20, None, 0.3)])
     third = Solver("local-3", paid=False, steps=[answer(30, None, 0.3)])
-    last = Solver("omocaptcha-v1", steps=[fail("unsolvable")])
+    last = Solver("omocaptcha-v1", steps=[fail(failures.Unsolvable)])
     h = Harness(local, other, third, last, local_confidence=0.5)
     h.scheduler.submit(captured("a"))
     [final] = await h.settle()
@@ -438,7 +439,7 @@ async def test_an_answer_exactly_at_the_confidence_bar_is_taken() -> None:
 
 
 async def test_with_every_solver_refusing_the_last_refusal_is_the_reason() -> None:
-    h = Harness(Solver(checks=[SolveFailure("invalid_key", "bad")]))
+    h = Harness(Solver(checks=[failures.InvalidKey("bad")]))
     await until(lambda: h.scheduler.key_state == "invalid")
     h.scheduler.submit(captured("a"))
     [final] = await h.settle()
@@ -674,7 +675,7 @@ async def test_shutdown_closes_every_solver_even_when_one_fails_to() -> None:
 
 async def test_a_refused_key_found_by_a_later_check_is_logged_and_the_probe_counts_as_an_answer(
         caplog: pytest.LogCaptureFixture, fast_monitor: None) -> None:
-    solver = Solver(checks=["1", SolveFailure("invalid_key", "token revoked")])
+    solver = Solver(checks=["1", failures.InvalidKey("token revoked")])
     h = Harness(solver)
     state = h.scheduler.services["omocaptcha-v1"]
     await until(lambda: state.key_state == "valid")
@@ -690,7 +691,7 @@ async def test_a_refused_key_found_by_a_later_check_is_logged_and_the_probe_coun
 
 
 async def test_a_refused_key_wanted_at_the_very_moment_of_its_check_is_not_rechecked(fast_monitor: None) -> None:
-    solver = Solver(checks=[SolveFailure("invalid_key", "bad")])
+    solver = Solver(checks=[failures.InvalidKey("bad")])
     h = Harness(solver)
     await until(lambda: h.scheduler.key_state == "invalid")
     h.scheduler.submit(captured("a"))  # at 100.0, the time of the check
@@ -713,7 +714,7 @@ async def test_a_balance_that_cannot_be_read_ends_a_low_balance_warning() -> Non
 
 
 async def test_a_service_down_for_a_while_is_down_in_the_stats_and_probed(fast_monitor: None) -> None:
-    solver = Solver(checks=["1", SolveFailure("api_error", "refused", transient=True), "2"])
+    solver = Solver(checks=["1", failures.Unavailable("refused"), "2"])
     h = Harness(solver, timeout_s=60)
     state = h.scheduler.services["omocaptcha-v1"]
     await until(lambda: state.key_state == "valid")
@@ -758,7 +759,7 @@ async def test_when_the_site_refused_every_service_on_these_images_the_whole_cha
 
 
 async def test_demoted_services_each_move_back_one_place() -> None:
-    solvers = [Solver(n, paid=False, steps=[fail("unsolvable")] * 3) for n in ("s1", "s2", "s3", "s4")]
+    solvers = [Solver(n, paid=False, steps=[fail(failures.Unsolvable)] * 3) for n in ("s1", "s2", "s3", "s4")]
     h = Harness(*solvers)
     h.scheduler._demoted.update({("s1", "rotate"), ("s3", "rotate")})
     h.scheduler.submit(captured("a"))
@@ -804,7 +805,7 @@ async def test_an_answer_arriving_after_its_service_was_proved_wrong_is_not_serv
 async def test_an_unsure_answer_of_zero_confidence_gives_way_to_a_surer_one() -> None:
     zero = Solver("local", paid=False, steps=[answer(10, None, 0.0)])
     some = Solver("local-2", paid=False, steps=[answer(20, None, 0.3)])
-    last = Solver("omocaptcha-v1", steps=[fail("unsolvable")])
+    last = Solver("omocaptcha-v1", steps=[fail(failures.Unsolvable)])
     h = Harness(zero, some, last, local_confidence=0.5)
     h.scheduler.submit(captured("a"))
     [final] = await h.settle()
@@ -1018,7 +1019,7 @@ async def test_fleet_mode_shares_nothing_a_chain_without_a_paid_solver_finds() -
 
 
 async def test_fleet_mode_shares_no_failure() -> None:
-    h, fleet = fleet_harness(Solver(steps=[fail("unsolvable")]))
+    h, fleet = fleet_harness(Solver(steps=[fail(failures.Unsolvable)]))
     h.scheduler.submit(captured("a"))
     [final] = await h.settle()
     assert final["reason"] == "unsolvable" and fleet.calls == [("claim", "r:a"), ("finish", "r:a", None)]

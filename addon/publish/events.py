@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 from addon.capture.assemble import ImagePart
 from addon.capture.images import Role
-from addon.kinds import SPECS, kind_of_mode
+from addon.kinds import SPECS, FailureReason, kind_of_mode
 from addon.solving.base import Answer
 
 FINAL = frozenset(("solved", "failed"))
@@ -139,7 +139,7 @@ class Solved(Event):
 @dataclass(slots=True, kw_only=True)
 class Failed(Event):
     name: ClassVar[str] = "failed"
-    reason: str
+    reason: FailureReason
     message: str
     service: str | None = None
     job_id: str | int | None = None

@@ -1,8 +1,8 @@
 """The solver seam: what every solver (local, omocaptcha v1, omocaptcha v2, ...) offers the scheduler.
 
-A solver turns one captured challenge into a `Solution` or raises `SolveFailure`. Everything around it (job
-slots, the challenge's deadline, the per-service breaker, the chain of solvers, the single final event) is the
-scheduler's, once, for every solver.
+A solver turns one captured challenge into a `Solution` or raises a `SolveFailure` (`addon/solving/failures.py`,
+one class per failure reason). Everything around it (job slots, the challenge's deadline, the per-service breaker,
+the chain of solvers, the single final event) is the scheduler's, once, for every solver.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import Any, Protocol, TypeGuard, assert_never
 
 from addon.capture.assemble import Captured
 from addon.capture.images import Role
-from addon.kinds import FAILURE_REASONS as FAILURE_REASONS
 from addon.kinds import AnswerType, Kind
+from addon.solving.failures import Unavailable
 
 WIDGET_TRAVEL = 271.0
 """Slider travel of the 340-px web widget (340 minus a 69-px handle): one full relative turn of the whirl."""
@@ -170,22 +170,6 @@ class Solution:
     """0..1 for solvers that can say how sure they are (local); None for those that cannot (paid services)."""
 
 
-class SolveFailure(Exception):
-    """A solver could not give an answer.
-
-    `reason` is one of FAILURE_REASONS. `available` is False when the service itself is down or unreachable (the
-    scheduler's breaker counts it and the chain moves on). `reached`: the request may have reached the service
-    (so a paid job may have been charged).
-    """
-
-    def __init__(self, reason: str, message: str, *, reached: bool = True, transient: bool = False):
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
-        self.reached = reached
-        self.transient = transient
-
-
 class Job(Protocol):
     """What the scheduler lends a solver for one challenge."""
 
@@ -205,7 +189,7 @@ class Job(Protocol):
         """A request to the service got a usable answer (the breaker's health signal)."""
         ...
 
-    def service_fault(self, failure: SolveFailure) -> None:
+    def service_fault(self, failure: Unavailable) -> None:
         """A request to the service failed for availability reasons (refused, timed out, 5xx, 429, garbage)."""
         ...
 
@@ -227,13 +211,13 @@ class Solver(Protocol):
     takes fails `no_solver` at once)."""
 
     async def solve(self, challenge: Captured, job: Job) -> Solution:
-        """Solves one challenge or raises SolveFailure. Cancelled when the deadline passes; CPU work runs off the
+        """Solves one challenge or raises a SolveFailure. Cancelled when the deadline passes; CPU work runs off the
         event loop."""
         ...
 
     async def check(self) -> str | None:
         """A free health/key check (getBalance for paid services): the balance as a string, None when there is
-        none; raises SolveFailure (`invalid_key`, or `api_error` with transient=True when unreachable)."""
+        none; raises InvalidKey, or Unavailable (reached=False) when the service cannot be asked."""
         ...
 
     async def close(self) -> None: ...

@@ -7,13 +7,12 @@ A new kind is one more entry in `_vision_call`.
 
 from __future__ import annotations
 
-import importlib
 from typing import Any, assert_never
 
 from addon.capture.assemble import Captured
 from addon.capture.images import Role
 from addon.kinds import Kind
-from addon.solving import vision
+from addon.solving import failures, vision
 from addon.solving.base import (
     BadPoints,
     Job,
@@ -21,7 +20,6 @@ from addon.solving.base import (
     RotateAnswer,
     SlideAnswer,
     Solution,
-    SolveFailure,
     natural_width,
     object_image_size,
     view_size,
@@ -56,16 +54,20 @@ class LocalSolver:
         try:
             found = await self.pool.run(target, *args)  # a VisionResult, or an ObjectsResult for 3d
         except vision.VisionError as e:
-            if challenge.kind is Kind.THREE_D:
-                # The picture passed the checks every object image gets before solving: the model not finding
-                # the objects is its own limit, so the next solver of the chain may still do better.
-                raise SolveFailure("unsolvable", f"local solver: {e}") from None
-            raise SolveFailure("bad_image", f"local solver: {e}") from None
+            raise _vision_failure(challenge, e) from None
         except WorkerCrashed as e:
-            raise SolveFailure("api_error", f"local solver: {e}") from None
+            raise failures.ServiceError(f"local solver: {e}") from None
         except PoolClosed as e:
-            raise SolveFailure("shutdown", f"local solver: {e}") from None
+            raise failures.Shutdown(f"local solver: {e}") from None
         return _solution(challenge, found, job.width_view)
+
+
+def _vision_failure(c: Captured, e: vision.VisionError) -> failures.SolveFailure:
+    if c.kind is Kind.THREE_D:
+        # The picture passed the checks every object image gets before solving: the model not finding the objects
+        # is its own limit, so the next solver of the chain may still do better.
+        return failures.Unsolvable(f"local solver: {e}")
+    return failures.BadImage(f"local solver: {e}")
 
 
 def _vision_call(c: Captured) -> tuple[str, tuple[Any, ...]]:
@@ -75,21 +77,21 @@ def _vision_call(c: Captured) -> tuple[str, tuple[Any, ...]]:
         case Kind.ROTATE:
             inner, outer = c.images.get(Role.INNER), c.images.get(Role.OUTER)
             if inner is None or outer is None:
-                raise SolveFailure("bad_image", "rotate challenge without both inner and outer images")
+                raise failures.BadImage("rotate challenge without both inner and outer images")
             return "addon.solving.vision.rotate:solve_rotate", (inner.body, outer.body)
         case Kind.SLIDE:
             background, piece = c.images.get(Role.BACKGROUND), c.images.get(Role.PIECE)
             if background is None:
-                raise SolveFailure("bad_image", "slide challenge without its background image")
+                raise failures.BadImage("slide challenge without its background image")
             return "addon.solving.vision.slide:solve_slide", (background.body, piece.body if piece else None, c.tip_y)
         case Kind.THREE_D:
             image = c.images.get(Role.IMAGE)
             if image is None:
-                raise SolveFailure("bad_image", "3d challenge without its image")
+                raise failures.BadImage("3d challenge without its image")
             return "addon.solving.vision.objects3d:solve_3d", (image.body,)
         case Kind.ICON:
             # Not in `kinds`: the scheduler never hands these here.
-            raise SolveFailure("no_solver", f"the local solver does not solve {c.kind} challenges", reached=False)
+            raise failures.NoSolver(f"the local solver does not solve {c.kind} challenges")
         case _:
             assert_never(c.kind)
 
@@ -111,21 +113,12 @@ def _solution(c: Captured, found: Any, width_view: int) -> Solution:
             try:
                 points = PointsAnswer.from_view([(x * sx, y * sy) for x, y in found.points], natural, view_w, view_h)
             except BadPoints as e:
-                raise SolveFailure("unsolvable", f"local solver: {e}") from None
+                raise failures.Unsolvable(f"local solver: {e}") from None
             # Like omocaptcha v1's "x1|y1|x2|y2", but in the image's own pixels.
             result = "|".join(f"{v:.1f}" for point in found.points for v in point)
             return Solution(result, points, found.confidence)
         case Kind.ICON:
-            raise SolveFailure("no_solver", "the local solver does not solve icon challenges", reached=False)
+            raise failures.NoSolver("the local solver does not solve icon challenges")
         case _:
             assert_never(c.kind)
 
-
-def solve_now(c: Captured, width_view: int) -> Solution:
-    """The same solve in this process and thread (evaluation scripts and tests)."""
-    target, args = _vision_call(c)
-    module, _, name = target.partition(":")
-    try:
-        return _solution(c, getattr(importlib.import_module(module), name)(*args), width_view)
-    except vision.VisionError as e:
-        raise SolveFailure("bad_image", f"local solver: {e}") from None

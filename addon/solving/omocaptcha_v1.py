@@ -13,6 +13,7 @@ from addon.capture.assemble import Captured
 from addon.capture.images import Role
 from addon.kinds import Kind
 from addon.option_rules import HTTP_URL, Option
+from addon.solving import failures
 from addon.solving.base import (
     Answer,
     BadPoints,
@@ -21,7 +22,6 @@ from addon.solving.base import (
     RotateAnswer,
     SlideAnswer,
     Solution,
-    SolveFailure,
     natural_width,
     object_image_size,
     view_size,
@@ -56,21 +56,21 @@ class OmocaptchaV1Solver(PaidHttpSolver):
         job.started(job_id)
         status = await self.poll(job, lambda: self._final(job_id))
         if status.state == "fail" or status.result is None:
-            raise SolveFailure("unsolvable", "omocaptcha could not solve this challenge" if status.state == "fail"
-                               else "omocaptcha reported success without a result")
+            raise failures.Unsolvable("omocaptcha could not solve this challenge" if status.state == "fail"
+                                      else "omocaptcha reported success without a result")
         return Solution(status.result, answer_of(challenge, status.result, job.width_view))
 
     async def check(self) -> str | None:
         return await self.balance()
 
-    def refusal(self, call: str, doc: dict[str, Any]) -> SolveFailure | None:
+    def refusal(self, call: str, doc: dict[str, Any]) -> failures.SolveFailure | None:
         if doc.get("error") is not True:
             return None
         message = doc.get("message")
         text = self.redact(message)[:200] if isinstance(message, str) else "error without a message"
         if "token" in text.lower() or "key" in text.lower():
-            return SolveFailure("invalid_key", f"{call}: {text}", reached=True, transient=False)
-        return SolveFailure("api_error", f"{call}: {text}", reached=True, transient=False)
+            return failures.InvalidKey(f"{call}: {text}")
+        return failures.ServiceError(f"{call}: {text}")
 
     async def _call(self, call: str, payload: dict[str, Any]) -> dict[str, Any]:
         return await self.post(call, {"api_token": self._key, **payload})
@@ -84,8 +84,7 @@ class OmocaptchaV1Solver(PaidHttpSolver):
             job_id = int(job_id)
         if doc.get("error") is not False or not isinstance(job_id, int) or isinstance(job_id, bool):
             keys = ", ".join(sorted(self.redact(str(k))[:40] for k in doc)[:8])
-            raise SolveFailure("api_error", f"createJob: unexpected answer with fields {keys}",
-                               reached=True, transient=False)
+            raise failures.ServiceError(f"createJob: unexpected answer with fields {keys}")
         return job_id
 
     async def job_result(self, job_id: int) -> JobStatus:
@@ -128,33 +127,34 @@ SPEC = SolverSpec(
 
 
 def job_payload(c: Captured, width_view: int) -> tuple[str, str, dict[str, int]]:
-    """Checks the images are whole (a truncated body fails here, not at the service) and builds the job:
-    (type_job_id, image_base64, the view sizes the job type wants)."""
-    match c.kind:
-        case Kind.ROTATE:
-            inner, outer = c.images.get(Role.INNER), c.images.get(Role.OUTER)
-            if inner is None or outer is None:
-                raise images.BadImage("rotate challenge without both inner and outer images")
-            images.check_complete(inner.body, inner.info)
-            images.check_complete(outer.body, outer.info)
-            return TYPE_ROTATE_WEB, b64(inner.body) + "|" + b64(outer.body), {}
-        case Kind.SLIDE:
-            background = c.images.get(Role.BACKGROUND)
-            if background is None:
-                raise images.BadImage("slide challenge without its background image")
-            images.check_complete(background.body, background.info)
-            return TYPE_SLIDE_WEB, b64(background.body), {"width_view": width_view}
-        case Kind.THREE_D:
-            image = c.images.get(Role.IMAGE)
-            if image is None:
-                raise images.BadImage("3d challenge without its image")
-            images.check_object_image(image.body, image.info)
-            view_width, view_height = view_size(c, width_view)
-            return TYPE_3D_WEB, b64(image.body), {"width_view": view_width, "height_view": view_height}
-        case Kind.ICON:
-            raise SolveFailure("no_solver", "omocaptcha v1 has no job for icon challenges", reached=False)
-        case _:
-            assert_never(c.kind)
+    """Checks the images are whole (a truncated body fails here as BadImage, not at the service) and builds the
+    job: (type_job_id, image_base64, the view sizes the job type wants)."""
+    with failures.image_checks():
+        match c.kind:
+            case Kind.ROTATE:
+                inner, outer = c.images.get(Role.INNER), c.images.get(Role.OUTER)
+                if inner is None or outer is None:
+                    raise failures.BadImage("rotate challenge without both inner and outer images")
+                images.check_complete(inner.body, inner.info)
+                images.check_complete(outer.body, outer.info)
+                return TYPE_ROTATE_WEB, b64(inner.body) + "|" + b64(outer.body), {}
+            case Kind.SLIDE:
+                background = c.images.get(Role.BACKGROUND)
+                if background is None:
+                    raise failures.BadImage("slide challenge without its background image")
+                images.check_complete(background.body, background.info)
+                return TYPE_SLIDE_WEB, b64(background.body), {"width_view": width_view}
+            case Kind.THREE_D:
+                image = c.images.get(Role.IMAGE)
+                if image is None:
+                    raise failures.BadImage("3d challenge without its image")
+                images.check_object_image(image.body, image.info)
+                view_width, view_height = view_size(c, width_view)
+                return TYPE_3D_WEB, b64(image.body), {"width_view": view_width, "height_view": view_height}
+            case Kind.ICON:
+                raise failures.NoSolver("omocaptcha v1 has no job for icon challenges")
+            case _:
+                assert_never(c.kind)
 
 
 def b64(body: bytes) -> str:
@@ -167,7 +167,7 @@ def _float(text: str) -> float:
     except ValueError:
         value = math.nan
     if not math.isfinite(value):
-        raise SolveFailure("api_error", "omocaptcha's result is not a number")
+        raise failures.ServiceError("omocaptcha's result is not a number")
     return value
 
 
@@ -181,12 +181,12 @@ def answer_of(c: Captured, result: str, width_view: int) -> Answer:
             # "x1|y1|x2|y2" in pixels of the image shown width_view x height_view.
             numbers = [_float(part) for part in result.split("|")] if result.strip() else []
             if len(numbers) % 2:
-                raise SolveFailure("api_error", f"omocaptcha's result {result[:80]!r} is not x|y pairs")
+                raise failures.ServiceError(f"omocaptcha's result {result[:80]!r} is not x|y pairs")
             view_width, view_height = view_size(c, width_view)
             try:
                 return PointsAnswer.from_view(list(zip(numbers[::2], numbers[1::2], strict=True)),
                                               object_image_size(c), view_width, view_height)
             except BadPoints as e:
-                raise SolveFailure("api_error", f"omocaptcha's result {result[:80]!r}: {e}") from None
+                raise failures.ServiceError(f"omocaptcha's result {result[:80]!r}: {e}") from None
         case _:
             assert_never(c.kind)

@@ -18,6 +18,7 @@ from addon.capture.assemble import Captured
 from addon.capture.images import Role
 from addon.kinds import Kind
 from addon.option_rules import HTTP_URL, Option
+from addon.solving import failures
 from addon.solving.base import (
     BadPoints,
     Job,
@@ -25,7 +26,6 @@ from addon.solving.base import (
     RotateAnswer,
     SlideAnswer,
     Solution,
-    SolveFailure,
     natural_width,
     object_image_size,
     view_size,
@@ -62,7 +62,7 @@ class OmocaptchaV2Solver(PaidHttpSolver):
         job.started(task_id)
         doc = await self.poll(job, lambda: self._final(task_id))
         if doc.get("status") == "fail":
-            raise SolveFailure("unsolvable", f"{SERVICE} could not solve this challenge")
+            raise failures.Unsolvable(f"{SERVICE} could not solve this challenge")
         return solution_of(challenge, doc.get("solution"), job.width_view)
 
     async def check(self) -> str | None:
@@ -78,7 +78,7 @@ class OmocaptchaV2Solver(PaidHttpSolver):
         extension makes). Best effort: True when the service took it, False otherwise; never raises."""
         try:
             await self._call("report", {"id": [job_id], "isSuccess": accepted})
-        except SolveFailure as f:
+        except failures.SolveFailure as f:
             self._errors.warning("report", f"captcha: reporting to {SERVICE} failed ({f.message})")
             return False
         except Exception as e:
@@ -89,8 +89,8 @@ class OmocaptchaV2Solver(PaidHttpSolver):
     # ------------------------------------------------------------------------------------------------ calls
 
     async def _call(self, call: str, payload: dict[str, Any]) -> dict[str, Any]:
-        """One call; a JSON object with errorId 0, or SolveFailure. `reached` False means provably no task was made
-        (refused, 429, or a code in NOT_CREATED_CODES); `transient` marks availability faults."""
+        """One call; a JSON object with errorId 0, or a failure. `reached` False means provably no task was made
+        (refused, 429, or a code in NOT_CREATED_CODES)."""
         return await self.post(call, {"clientKey": self._key, **payload})
 
     async def _create_task(self, task: dict[str, Any]) -> str:
@@ -98,7 +98,7 @@ class OmocaptchaV2Solver(PaidHttpSolver):
         task_id = doc.get("taskId")
         if not isinstance(task_id, str) or not task_id:
             fields = ", ".join(sorted(self.redact(str(k))[:40] for k in doc)[:8])
-            raise SolveFailure("api_error", f"createTask: unexpected answer with fields {fields}")
+            raise failures.ServiceError(f"createTask: unexpected answer with fields {fields}")
         return task_id
 
     async def _final(self, task_id: str) -> dict[str, Any] | None:
@@ -107,7 +107,7 @@ class OmocaptchaV2Solver(PaidHttpSolver):
         doc = await self._call("getTaskResult", {"taskId": task_id})
         return doc if doc.get("status") in ("ready", "fail") else None
 
-    def refusal(self, call: str, doc: dict[str, Any]) -> SolveFailure | None:
+    def refusal(self, call: str, doc: dict[str, Any]) -> failures.SolveFailure | None:
         if doc.get("errorId") in (0, None):
             return None
         code = doc.get("errorCode")
@@ -117,12 +117,12 @@ class OmocaptchaV2Solver(PaidHttpSolver):
         text = f"{call}: {code or 'error ' + self.redact(str(doc.get('errorId')))[:20]}"
         text += f" ({description})" if description else ""
         if code == JOB_FAILED or doc.get("status") == "fail":
-            return SolveFailure("unsolvable", f"{SERVICE} could not solve this challenge ({text})")
+            return failures.Unsolvable(f"{SERVICE} could not solve this challenge ({text})")
         if code in TEMPORARY_CODES:
-            return SolveFailure("api_error", text, reached=code not in NOT_CREATED_CODES, transient=True)
+            return failures.Unavailable(text, reached=code not in NOT_CREATED_CODES)
         if "KEY" in code.upper():
-            return SolveFailure("invalid_key", text)
-        return SolveFailure("api_error", text)
+            return failures.InvalidKey(text)
+        return failures.ServiceError(text)
 
 
 def _build(settings: SolverSettings) -> OmocaptchaV2Solver:
@@ -146,26 +146,27 @@ SPEC = SolverSpec(
 
 
 def task_of(c: Captured, width_view: int) -> dict[str, Any]:
-    """Checks the images are whole (a truncated body fails here, not at the service) and builds the task."""
-    try:
+    """Checks the images are whole (a truncated body fails here as BadImage, not at the service) and builds the
+    task."""
+    with failures.image_checks():
         match c.kind:
             case Kind.ROTATE:
                 inner, outer = c.images.get(Role.INNER), c.images.get(Role.OUTER)
                 if inner is None or outer is None:
-                    raise images.BadImage("rotate challenge without both inner and outer images")
+                    raise failures.BadImage("rotate challenge without both inner and outer images")
                 images.check_complete(inner.body, inner.info)
                 images.check_complete(outer.body, outer.info)
                 return {"type": TASK_ROTATE_WEB, "imageBase64s": [_b64(inner.body), _b64(outer.body)]}
             case Kind.SLIDE:
                 background = c.images.get(Role.BACKGROUND)
                 if background is None:
-                    raise images.BadImage("slide challenge without its background image")
+                    raise failures.BadImage("slide challenge without its background image")
                 images.check_complete(background.body, background.info)
                 return {"type": TASK_SLIDE_WEB, "imageBase64": _b64(background.body), "widthView": width_view}
             case Kind.THREE_D | Kind.ICON:
                 image = c.images.get(Role.IMAGE)
                 if image is None:
-                    raise images.BadImage(f"{c.kind} challenge without its image")
+                    raise failures.BadImage(f"{c.kind} challenge without its image")
                 images.check_object_image(image.body, image.info)
                 view_width, view_height = view_size(c, width_view)
                 task: dict[str, Any] = {"type": TASK_3D_WEB if c.kind is Kind.THREE_D else TASK_ICON_WEB,
@@ -173,14 +174,12 @@ def task_of(c: Captured, width_view: int) -> dict[str, Any]:
                                         "heightView": view_height}
                 if c.kind is Kind.ICON:
                     if not c.question:
-                        raise SolveFailure("no_question", "icon challenge without its prompt: the traffic did not "
-                                           "carry a usable one (none, or over 500 characters)", reached=False)
+                        raise failures.NoQuestion("icon challenge without its prompt: the traffic did not carry a "
+                                                  "usable one (none, or over 500 characters)")
                     task["question"] = c.question
                 return task
             case _:
                 assert_never(c.kind)
-    except images.BadImage as e:
-        raise SolveFailure("bad_image", str(e)[:300], reached=False) from None
 
 
 def _b64(body: bytes) -> str:
@@ -196,19 +195,19 @@ def _number(value: Any) -> float | None:
 def solution_of(c: Captured, solution: Any, width_view: int) -> Solution:
     """A ready task's `solution` as a Solution; its raw JSON (compact) is kept as the result."""
     if not isinstance(solution, dict) or not solution:
-        raise SolveFailure("unsolvable", f"{SERVICE} reported the task ready without a solution")
+        raise failures.Unsolvable(f"{SERVICE} reported the task ready without a solution")
     raw = json.dumps(solution, separators=(",", ":"))
     match c.kind:
         case Kind.ROTATE:
             r = _number(solution.get("rotate"))
             if r is None:
-                raise SolveFailure("api_error", f"{SERVICE}'s solution has no numeric rotate: {raw[:200]}")
+                raise failures.ServiceError(f"{SERVICE}'s solution has no numeric rotate: {raw[:200]}")
             return Solution(raw, RotateAnswer.from_fraction(1.0 - r))
         case Kind.SLIDE:
             end = solution.get("end")
             x = _number(end.get("x")) if isinstance(end, dict) else None
             if x is None:
-                raise SolveFailure("api_error", f"{SERVICE}'s solution has no numeric end.x: {raw[:200]}")
+                raise failures.ServiceError(f"{SERVICE}'s solution has no numeric end.x: {raw[:200]}")
             return Solution(raw, SlideAnswer.from_view(x, natural_width(c), width_view))
         case Kind.THREE_D | Kind.ICON:
             points = []
@@ -217,12 +216,12 @@ def solution_of(c: Captured, solution: Any, width_view: int) -> Solution:
                 x = _number(point.get("x")) if isinstance(point, dict) else None
                 y = _number(point.get("y")) if isinstance(point, dict) else None
                 if x is None or y is None:
-                    raise SolveFailure("api_error", f"{SERVICE}'s solution has no numeric {name}: {raw[:200]}")
+                    raise failures.ServiceError(f"{SERVICE}'s solution has no numeric {name}: {raw[:200]}")
                 points.append((x, y))
             view_width, view_height = view_size(c, width_view)
             try:
                 return Solution(raw, PointsAnswer.from_view(points, object_image_size(c), view_width, view_height))
             except BadPoints as e:
-                raise SolveFailure("api_error", f"{SERVICE}'s solution {raw[:200]}: {e}") from None
+                raise failures.ServiceError(f"{SERVICE}'s solution {raw[:200]}: {e}") from None
         case _:
             assert_never(c.kind)

@@ -1,11 +1,12 @@
-"""What every paid HTTP captcha service needs, once: a JSON call with httpx's errors mapped to `SolveFailure`, the
+"""What every paid HTTP captcha service needs, once: a JSON call with httpx's errors mapped to failures, the
 create-at-most-once retry, the poll loop, the free check, and the health it reports to the job.
 
 A service module (omocaptcha_v1, omocaptcha_v2) subclasses `PaidHttpSolver` and keeps only its payloads, how it
 reads results and what its error codes mean (`refusal`).
 
 `reached` on a failure: the request may have reached the service (so a job may have been made and charged).
-`transient`: an availability fault (refused, timed out, 429, 5xx, not JSON): the breaker counts it.
+`Unavailable`: an availability fault (refused, timed out, 429, 5xx, not JSON), which the breaker counts; any other
+failure means the service answered.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import httpx
 
 from addon.kinds import Kind
 from addon.ratelimit import RateLimitedLog
-from addon.solving.base import Job, SolveFailure
+from addon.solving.base import Job
+from addon.solving.failures import InvalidKey, ServiceError, SolveFailure, Unavailable, Unsolvable
 
 logger = logging.getLogger(__name__)
 
@@ -68,32 +70,31 @@ class PaidHttpSolver:
         return None
 
     async def post(self, call: str, body: dict[str, Any]) -> dict[str, Any]:
-        """POST `body` as JSON to `call` under the base URL; the answer's JSON object, or SolveFailure."""
+        """POST `body` as JSON to `call` under the base URL; the answer's JSON object, or a ServiceError
+        (Unavailable for availability faults), or the service's own refusal."""
         content = json.dumps(body).encode()
         try:
             response = await self._http.post(
                 self.base_url + call, content=content, headers={"Content-Type": "application/json"}
             )
         except (httpx.ConnectError, httpx.ConnectTimeout) as e:
-            raise SolveFailure("api_error", f"{call}: cannot connect ({type(e).__name__})",
-                               reached=False, transient=True) from None
+            raise Unavailable(f"{call}: cannot connect ({type(e).__name__})", reached=False) from None
         except httpx.TimeoutException as e:
-            raise SolveFailure("api_error", f"{call}: no answer in time ({type(e).__name__})",
-                               reached=True, transient=True) from None
+            raise Unavailable(f"{call}: no answer in time ({type(e).__name__})") from None
         except httpx.HTTPError as e:
-            raise SolveFailure("api_error", f"{call}: {type(e).__name__}: {self.redact(str(e))[:200]}",
-                               reached=True, transient=True) from None
+            raise Unavailable(f"{call}: {type(e).__name__}: {self.redact(str(e))[:200]}") from None
         if response.status_code == 429:
-            raise SolveFailure("api_error", f"{call}: HTTP 429 (busy)", reached=False, transient=True)
+            raise Unavailable(f"{call}: HTTP 429 (busy)", reached=False)
+        if response.status_code >= 500:
+            raise Unavailable(f"{call}: HTTP {response.status_code}")
         if response.status_code != 200:
-            raise SolveFailure("api_error", f"{call}: HTTP {response.status_code}",
-                               reached=True, transient=response.status_code >= 500)
+            raise ServiceError(f"{call}: HTTP {response.status_code}")
         try:
             doc = json.loads(response.content)
         except ValueError:
-            raise SolveFailure("api_error", f"{call}: answer is not JSON", reached=True, transient=True) from None
+            raise Unavailable(f"{call}: answer is not JSON") from None
         if not isinstance(doc, dict):
-            raise SolveFailure("api_error", f"{call}: answer is not a JSON object", reached=True, transient=True)
+            raise Unavailable(f"{call}: answer is not a JSON object")
         failure = self.refusal(call, doc)
         if failure is not None:
             raise failure
@@ -111,11 +112,11 @@ class PaidHttpSolver:
             except SolveFailure as f:
                 if not f.reached:
                     job.job_not_sent()
-                if f.transient:
+                if isinstance(f, Unavailable):
                     job.service_fault(f)
                 else:
                     job.service_ok()  # the service answered, if only to refuse
-                if f.reached or not f.transient or attempt == CREATE_ATTEMPTS:
+                if f.reached or not isinstance(f, Unavailable) or attempt == CREATE_ATTEMPTS:
                     raise
                 await asyncio.sleep(self.create_backoff[min(attempt, len(self.create_backoff)) - 1])
                 continue
@@ -126,19 +127,19 @@ class PaidHttpSolver:
     async def poll(self, job: Job, ask: Callable[[], Awaitable[T | None]]) -> T:
         """Asks for the result every `job.poll_s` until `ask` gives a final one (None: not ready yet). Availability
         faults are ridden out until the scheduler's deadline; the service's answers about the job end the loop after
-        POLL_FAULTS_FINAL in a row, at once for `invalid_key` and `unsolvable`."""
+        POLL_FAULTS_FINAL in a row, at once for InvalidKey and Unsolvable."""
         poll_faults = 0
         while True:
             await asyncio.sleep(job.poll_s)
             try:
                 final = await ask()
+            except Unavailable as f:
+                job.service_fault(f)
+                self._errors.warning("poll", f"captcha: polling {self.name} failed ({f.message}); asking again")
+                continue
             except SolveFailure as f:
-                if f.transient:
-                    job.service_fault(f)
-                    self._errors.warning("poll", f"captcha: polling {self.name} failed ({f.message}); asking again")
-                    continue
                 job.service_ok()
-                if f.reason in ("invalid_key", "unsolvable"):
+                if isinstance(f, InvalidKey | Unsolvable):
                     raise
                 poll_faults += 1
                 if poll_faults >= POLL_FAULTS_FINAL:
@@ -153,7 +154,5 @@ class PaidHttpSolver:
         """A call that costs nothing (a balance): a transient fault of it never charged anything (reached=False)."""
         try:
             return await self.post(call, body)
-        except SolveFailure as f:
-            if f.transient:
-                raise SolveFailure("api_error", f.message, reached=False, transient=True) from None
-            raise
+        except Unavailable as f:
+            raise Unavailable(f.message, reached=False) from None

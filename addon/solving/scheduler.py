@@ -13,14 +13,15 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
-from addon.capture import images
 from addon.capture.assemble import Captured
 from addon.kinds import SPECS
 from addon.publish import events as ev
 from addon.publish.bus import EventBus
 from addon.ratelimit import RateLimitedLog
-from addon.solving.base import PaidSolver, Solution, SolveFailure, Solver, answer_from_json, answer_type, is_paid
+from addon.solving import failures
+from addon.solving.base import PaidSolver, Solution, Solver, answer_from_json, answer_type, is_paid
 from addon.solving.cache import AnswerCache, image_key
+from addon.solving.failures import SolveFailure
 from addon.solving.health import ServiceHealth
 from addon.solving.sharing import SharedSolving
 
@@ -134,13 +135,13 @@ def refusal_before_solving(captured: Captured, solvers: tuple[Solver, ...]) -> S
     its kind, or it lacks the prompt its kind needs."""
     kind = captured.kind
     if captured.malformed:
-        return SolveFailure("bad_image", captured.malformed, reached=False)
+        return failures.BadImage(captured.malformed)
     if not any(kind in s.kinds for s in solvers):
         names = ", ".join(s.name for s in solvers)
-        return SolveFailure("no_solver", f"no solver of the chain ({names}) takes {kind} challenges", reached=False)
+        return failures.NoSolver(f"no solver of the chain ({names}) takes {kind} challenges")
     if SPECS[kind].needs_question and not captured.question:
-        return SolveFailure("no_question", f"{kind} challenge without its prompt (the traffic did not carry a "
-                            "usable one), so nothing was sent to a solver", reached=False)
+        return failures.NoQuestion(f"{kind} challenge without its prompt (the traffic did not carry a usable one), so "
+                                   "nothing was sent to a solver")
     return None
 
 
@@ -165,7 +166,7 @@ class _Attempt:
         if self._state is not None:
             self._state.health.ok(self._scheduler.clock())
 
-    def service_fault(self, failure: SolveFailure) -> None:
+    def service_fault(self, failure: failures.Unavailable) -> None:
         if self._state is not None:
             self._state.health.fault()
 
@@ -284,17 +285,17 @@ class Scheduler:
         state.checked_at = self.clock()
         try:
             balance = await state.solver.check()
+        except failures.InvalidKey as f:
+            state.health.probed(self.clock(), up=True)
+            if state.key_state != "invalid" or announce:
+                logger.error(f"captcha: the {name} key was refused ({f.message}); its challenges fail as "
+                             "invalid_key (or go to the next solver)")
+            state.key_state = "invalid"
+            return
         except SolveFailure as f:
-            if f.reason == "invalid_key":
-                state.health.probed(self.clock(), up=True)
-                if state.key_state != "invalid" or announce:
-                    logger.error(f"captcha: the {name} key was refused ({f.message}); its challenges fail as "
-                                 "invalid_key (or go to the next solver)")
-                state.key_state = "invalid"
-            else:
-                state.health.probed(self.clock(), up=False)
-                if announce:
-                    logger.warning(f"captcha: could not check the {name} key ({f.message}); solving anyway")
+            state.health.probed(self.clock(), up=False)
+            if announce:
+                logger.warning(f"captcha: could not check the {name} key ({f.message}); solving anyway")
             return
         except Exception as e:  # a check must never take the proxy down
             state.health.probed(self.clock(), up=False)
@@ -330,8 +331,8 @@ class Scheduler:
         run = _Run(captured, now, now + config.timeout_s, image_key(captured))
         self._runs[captured.challenge_id] = run
         if len(self._runs) > config.max_jobs + config.max_waiting:
-            self._finish_failed(run, "overloaded",
-                                f"more than {config.max_waiting} challenges already wait for a job slot")
+            self._finish_failed(run, failures.Overloaded(
+                f"more than {config.max_waiting} challenges already wait for a job slot"))
             return
         run.task = asyncio.get_running_loop().create_task(
             self._work(run, config), name=f"captcha-solve-{captured.challenge_id[:16]}")
@@ -343,13 +344,14 @@ class Scheduler:
             async with asyncio.timeout_at(deadline):
                 await self._chain(run, config)
         except TimeoutError:
-            self._finish_failed(run, "timeout", f"no final answer within captcha_timeout ({config.timeout_s:g}s)")
+            self._finish_failed(run, failures.TimedOut(
+                f"no final answer within captcha_timeout ({config.timeout_s:g}s)"))
         except asyncio.CancelledError:
             raise
         except Exception as e:
             logger.exception("captcha: internal error while solving %s (a bug of the addon, not of a service)",
                              run.captured.challenge_id)
-            self._finish_failed(run, "internal_error", f"internal error: {type(e).__name__}")
+            self._finish_failed(run, failures.InternalError(f"internal error: {type(e).__name__}"))
 
     def chain_for(self, run: _Run) -> list[Solver]:
         """The configured chain, less services the site proved wrong on these images, with demoted ones moved back
@@ -366,7 +368,7 @@ class Scheduler:
     async def _chain(self, run: _Run, config: SchedulerConfig) -> None:
         refusal = refusal_before_solving(run.captured, config.solvers)
         if refusal is not None:
-            self._finish_failed(run, refusal.reason, refusal.message)
+            self._finish_failed(run, refusal)
             return
         while True:
             cached = self.cache.get(run.key)
@@ -398,7 +400,7 @@ class Scheduler:
                 del self._leads[run.key]
             lead.done.set()
         if isinstance(outcome, SolveFailure):
-            self._finish_failed(run, outcome.reason, outcome.message)
+            self._finish_failed(run, outcome)
         else:
             service, job_id, solution, from_fleet = outcome
             self._finish_solved(run, service, job_id, solution, cached=FROM_FLEET if from_fleet else None)
@@ -427,7 +429,7 @@ class Scheduler:
         chain = self.chain_for(run)
         run.asked = self.cache.marks
         unsure: tuple[Solver, Solution, str | int | None] | None = None
-        failure = SolveFailure("api_error", "no solver could take the challenge")
+        failure: SolveFailure = failures.ServiceError("no solver could take the challenge")
         for i, solver in enumerate(chain):
             last = i == len(chain) - 1
             state = self.services.get(solver.name)
@@ -440,15 +442,13 @@ class Scheduler:
                 async with self._slots, self._fleet_slot(run, solver, config):
                     run.tried.append(solver.name)
                     run.service, run.job_id = solver.name, None
-                    solution = await solver.solve(run.captured, _Attempt(self, run, solver, config))
-            except images.BadImage as e:
-                # An image no solver can use: nothing further down the chain would do better.
-                return SolveFailure("bad_image", str(e)[:300])
+                    with failures.image_checks():  # for a solver that lets the image checks' own error out
+                        solution = await solver.solve(run.captured, _Attempt(self, run, solver, config))
+            except failures.BadImage as f:
+                return f  # nothing further down the chain would do better
             except SolveFailure as f:
-                if f.reason == "invalid_key" and state is not None:
+                if isinstance(f, failures.InvalidKey) and state is not None:
                     state.key_state, state.checked_at = "invalid", self.clock()
-                if f.reason == "bad_image":
-                    return f
                 failure = f
                 continue
             if solution.confidence is not None and solution.confidence < config.local_confidence and not last:
@@ -481,14 +481,14 @@ class Scheduler:
         now = self.clock()
         state.wanted_at = now
         if state.key_state == "invalid":
-            return SolveFailure("invalid_key", f"the {name} key was refused")
+            return failures.InvalidKey(f"the {name} key was refused")
         if not state.health.is_down(now):
             return None
         if not last:
-            return SolveFailure("api_error", f"{name} is unreachable")
+            return failures.Unavailable(f"{name} is unreachable", reached=False)
         await state.health.next_verdict()
         if state.health.is_down(self.clock()):
-            return SolveFailure("api_error", f"{name} is unreachable; failing fast until it answers again")
+            return failures.Unavailable(f"{name} is unreachable; failing fast until it answers again", reached=False)
         return None
 
     def _finish_solved(self, run: _Run, service: str, job_id: str | int | None, solution: Solution,
@@ -512,12 +512,12 @@ class Scheduler:
             same_as=same_as,
         ))
 
-    def _finish_failed(self, run: _Run, reason: str, message: str) -> None:
+    def _finish_failed(self, run: _Run, failure: SolveFailure) -> None:
         if self._runs.pop(run.captured.challenge_id, None) is None:
             return
         c = run.captured
         self.bus.emit(ev.Failed(
-            client=c.client, challenge=c.challenge_id, kind=str(c.kind), reason=reason, message=message,
+            client=c.client, challenge=c.challenge_id, kind=str(c.kind), reason=failure.reason, message=failure.message,
             service=run.service, job_id=run.job_id if run.service else None, tried=tuple(run.tried),
         ))
 
@@ -589,7 +589,7 @@ class Scheduler:
         """Ends every challenge still in flight as failed/shutdown, then stops the monitors and closes the solvers."""
         tasks = []
         for run in list(self._runs.values()):
-            self._finish_failed(run, "shutdown", "the proxy stopped before an answer came")
+            self._finish_failed(run, failures.Shutdown("the proxy stopped before an answer came"))
             if run.task is not None:
                 run.task.cancel()
                 tasks.append(run.task)
