@@ -23,7 +23,8 @@ from addon.solving.failures import BadImage, SolveFailure
 from addon.solving.local import LocalSolver
 from addon.solving.omocaptcha_v1 import OmocaptchaV1Solver
 from addon.solving.omocaptcha_v2 import OmocaptchaV2Solver
-from addon.solving.scheduler import from_shared_json, refusal_before_solving, shared_json
+from addon.solving.scheduler import refusal_before_solving
+from addon.solving.sharing import from_shared_json, shared_json
 
 URL = "https://p19-rc-captcha-va.ibyteimg.com/tos-maliva-i-b4yrtqhy5a-us/3d_2385_" + "a" * 40 + "_1.jpg~tplv-b4yrtqhy5a-2.jpeg"
 

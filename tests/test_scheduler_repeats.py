@@ -155,7 +155,7 @@ async def test_in_fleet_mode_a_repeat_on_the_same_proxy_waits_locally_without_a_
     assert [c[:2] for c in fleet.calls] == [("claim", "r:a"), ("finish", "r:a")]
     assert by_challenge(h)["b"]["cached_from"] == "repeat" and v1.jobs == ["a"]
     # An answer from the fleet's cache (as another proxy's would be) says so.
-    assert h.scheduler.answered["a"].key in fleet.answers
+    assert h.scheduler.verdicts.answered["a"].key in fleet.answers
     h.scheduler.cache._answers.clear()
     h.scheduler.submit(captured("c", picture="p"))
     await h.settle(3)
@@ -173,11 +173,11 @@ async def test_with_one_solver_a_rejection_asks_it_again_and_its_accepted_answer
     h.scheduler.submit(captured("a", picture="p"))
     await h.settle(1)
     h.scheduler.verdict("a", accepted=False)
-    assert h.scheduler.cache.wrong_services(h.scheduler.answered["a"].key) == {"omocaptcha-v1"}
+    assert h.scheduler.cache.wrong_services(h.scheduler.verdicts.answered["a"].key) == {"omocaptcha-v1"}
     h.scheduler.submit(captured("b", picture="p"))  # the only solver: asked again
     await h.settle(2)
     h.scheduler.verdict("b", accepted=True)
-    assert h.scheduler.cache.wrong_services(h.scheduler.answered["b"].key) == frozenset()
+    assert h.scheduler.cache.wrong_services(h.scheduler.verdicts.answered["b"].key) == frozenset()
     for cid in ("c", "d"):
         h.scheduler.submit(captured(cid, picture="p"))
     await h.settle(4)
@@ -215,7 +215,7 @@ async def test_an_accepted_answer_clears_its_services_mark_and_is_what_the_cache
     assert by_challenge(h)["c"]["tried"] == ["omocaptcha-v2"]
     # The site still took b's answer (v1's, from the cache): v1 is right after all, its answer is served again.
     h.scheduler.verdict("b", accepted=True)
-    key = h.scheduler.answered["a"].key
+    key = h.scheduler.verdicts.answered["a"].key
     assert h.scheduler.cache.wrong_services(key) == frozenset()
     h.scheduler.submit(captured("d", picture="p"))
     await h.settle(4)

@@ -17,8 +17,9 @@ from addon.capture.images import BadImage, ImageInfo, Role
 from addon.capture.recognise import Kind
 from addon.fleet.shared import solve_shared
 from addon.publish.bus import EventBus
-from addon.solving import failures
-from addon.solving import scheduler as scheduler_module
+from addon.solving import failures, sharing
+from addon.solving import monitor as monitor_module
+from addon.solving import verdicts as verdicts_module
 from addon.solving.base import Job, RotateAnswer, SlideAnswer, Solution
 from addon.solving.scheduler import Scheduler, SchedulerConfig
 
@@ -139,7 +140,7 @@ async def until(condition: Callable[[], bool]) -> None:
 @pytest.fixture
 def fast_monitor(monkeypatch: pytest.MonkeyPatch) -> None:
     """The monitor looks every millisecond; the scheduler's clock (the test's) says how much time passed."""
-    monkeypatch.setattr(scheduler_module, "MONITOR_TICK", 0.001)
+    monkeypatch.setattr(monitor_module, "MONITOR_TICK", 0.001)
 
 
 # --------------------------------------------------------------------------------------------------- keys, balance
@@ -175,10 +176,10 @@ async def test_a_refused_key_fails_its_challenges_until_a_recheck_accepts_it(
                                                                    [])
     assert solver.jobs == [] and state.wanted_at == 101.0
     # Rechecked KEY_RECHECK seconds after the last check, and only because a challenge wanted the service since.
-    h.clock.now = 100.0 + scheduler_module.KEY_RECHECK - 0.5
+    h.clock.now = 100.0 + monitor_module.KEY_RECHECK - 0.5
     await asyncio.sleep(0.02)
     assert solver.check_calls == 1
-    h.clock.now = 100.0 + scheduler_module.KEY_RECHECK
+    h.clock.now = 100.0 + monitor_module.KEY_RECHECK
     await until(lambda: solver.check_calls == 2)
     assert state.key_state == "invalid" and state.checked_at == 130.0
     h.clock.now = 165.0
@@ -245,13 +246,13 @@ async def test_the_balance_is_read_again_every_few_minutes_and_a_low_one_warned_
     assert warnings() == ["captcha: omocaptcha-v1 balance is low: 2.00 USD (captcha_low_balance=2.5)"]
     for balance, count in (("1.50", 1), ("9.00", 1), ("0.10", 2), ("0.10", 2)):
         calls = solver.check_calls
-        h.clock.now += scheduler_module.BALANCE_EVERY - 1
+        h.clock.now += monitor_module.BALANCE_EVERY - 1
         await asyncio.sleep(0.02)
         assert solver.check_calls == calls
         h.clock.now += 1
         await until(lambda b=balance: state.balance == b and state.checked_at == h.clock.now)  # type: ignore[misc]
         assert len(warnings()) == count, balance
-    h.clock.now += scheduler_module.BALANCE_EVERY
+    h.clock.now += monitor_module.BALANCE_EVERY
     await until(lambda: state.balance == "unknown")
     assert len(warnings()) == 2 and state.warned_low
     await h.scheduler.shutdown()
@@ -605,7 +606,7 @@ async def test_a_verdict_on_a_cached_answer_does_not_count_for_adaptive() -> Non
     await h.settle(2)
     h.scheduler.verdict("a", accepted=True)
     h.scheduler.verdict("b", accepted=True)
-    assert list(h.scheduler.verdicts[("omocaptcha-v1", "rotate")]) == [True]
+    assert list(h.scheduler.verdicts.windows[("omocaptcha-v1", "rotate")]) == [True]
     await h.scheduler.shutdown()
 
 
@@ -613,7 +614,7 @@ async def test_adaptive_needs_ten_verdicts_and_brings_a_service_back(caplog: pyt
     caplog.set_level(logging.INFO)
     h = Harness(Solver(steps=[answer(n) for n in range(40)]), Solver("omocaptcha-v2"), adaptive=True,
                 adaptive_share=0.5, cache_size=0)
-    demoted = h.scheduler._demoted
+    demoted = h.scheduler.verdicts.demoted
     for n in range(9):
         h.scheduler.submit(captured(f"c{n}"))
         await h.settle(n + 1)
@@ -627,7 +628,7 @@ async def test_adaptive_needs_ten_verdicts_and_brings_a_service_back(caplog: pyt
                                    "it behind the next solver for rotate")
     # Accepted answers (from wherever they came: here the verdicts of v1's older answers) bring it back at 50 %.
     for n in range(10, 20):
-        h.scheduler.answered[f"c{n}"] = h.scheduler.answered["c0"]
+        h.scheduler.verdicts.answered[f"c{n}"] = h.scheduler.verdicts.answered["c0"]
         h.scheduler.verdict(f"c{n}", accepted=True)
         if n < 19:
             assert demoted == {("omocaptcha-v1", "rotate")}, n
@@ -637,12 +638,12 @@ async def test_adaptive_needs_ten_verdicts_and_brings_a_service_back(caplog: pyt
 
 
 async def test_answers_remembered_for_verdicts_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(scheduler_module, "MAX_ANSWERED", 2)
+    monkeypatch.setattr(verdicts_module, "MAX_ANSWERED", 2)
     h = Harness(Solver(steps=[answer(n) for n in range(3)]), cache_size=0)
     for n in range(3):
         h.scheduler.submit(captured(f"c{n}"))
         await h.settle(n + 1)
-    assert list(h.scheduler.answered) == ["c1", "c2"]
+    assert list(h.scheduler.verdicts.answered) == ["c1", "c2"]
     await h.scheduler.shutdown()
 
 
@@ -680,7 +681,7 @@ async def test_a_refused_key_found_by_a_later_check_is_logged_and_the_probe_coun
     state = h.scheduler.services["omocaptcha-v1"]
     await until(lambda: state.key_state == "valid")
     assert state.health.last_ok == 100.0
-    h.clock.now = 100.0 + scheduler_module.BALANCE_EVERY
+    h.clock.now = 100.0 + monitor_module.BALANCE_EVERY
     await until(lambda: state.key_state == "invalid")
     # The service answered (it refused the key): it is up, whatever its key.
     assert state.health.last_ok == h.clock.now
@@ -696,7 +697,7 @@ async def test_a_refused_key_wanted_at_the_very_moment_of_its_check_is_not_reche
     await until(lambda: h.scheduler.key_state == "invalid")
     h.scheduler.submit(captured("a"))  # at 100.0, the time of the check
     await h.settle()
-    h.clock.now += scheduler_module.KEY_RECHECK
+    h.clock.now += monitor_module.KEY_RECHECK
     await asyncio.sleep(0.02)
     assert solver.check_calls == 1
     await h.scheduler.shutdown()
@@ -708,7 +709,7 @@ async def test_a_balance_that_cannot_be_read_ends_a_low_balance_warning() -> Non
     state = h.scheduler.services["omocaptcha-v1"]
     await until(lambda: state.warned_low)
     state.balance = None
-    h.scheduler._watch_balance(state)
+    h.scheduler.monitor.watch_balance(state)
     assert not state.warned_low
     await h.scheduler.shutdown()
 
@@ -761,15 +762,15 @@ async def test_when_the_site_refused_every_service_on_these_images_the_whole_cha
 async def test_demoted_services_each_move_back_one_place() -> None:
     solvers = [Solver(n, paid=False, steps=[fail(failures.Unsolvable)] * 3) for n in ("s1", "s2", "s3", "s4")]
     h = Harness(*solvers)
-    h.scheduler._demoted.update({("s1", "rotate"), ("s3", "rotate")})
+    h.scheduler.verdicts.demoted.update({("s1", "rotate"), ("s3", "rotate")})
     h.scheduler.submit(captured("a"))
     [final] = await h.settle()
     assert final["tried"] == ["s2", "s1", "s4", "s3"]
-    h.scheduler._demoted = {("s1", "rotate"), ("s2", "rotate")}
+    h.scheduler.verdicts.demoted = {("s1", "rotate"), ("s2", "rotate")}
     h.scheduler.submit(captured("b"))
     finals = await h.settle(2)
     assert finals[1]["tried"] == ["s3", "s1", "s2", "s4"]
-    h.scheduler._demoted = {("s1", "slide")}
+    h.scheduler.verdicts.demoted = {("s1", "slide")}
     h.scheduler.submit(captured("c"))
     assert (await h.settle(3))[2]["tried"] == ["s1", "s2", "s3", "s4"]
     await h.scheduler.shutdown()
@@ -820,7 +821,7 @@ async def test_a_verdict_on_a_local_answer() -> None:
     await h.settle()
     answered = h.scheduler.verdict("a", accepted=True)
     assert answered is not None and answered.service == "local"
-    assert list(h.scheduler.verdicts[("local", "rotate")]) == [True]
+    assert list(h.scheduler.verdicts.windows[("local", "rotate")]) == [True]
     await h.scheduler.shutdown()
 
 
@@ -830,9 +831,9 @@ async def test_reports_run_in_the_background_and_are_let_go_when_done() -> None:
     h.scheduler.submit(captured("a"))
     await h.settle()
     h.scheduler.verdict("a", accepted=True)
-    assert len(h.scheduler._reports) == 1
+    assert len(h.scheduler.background) == 1
     await until(lambda: v2.reports == [("11", True)])
-    await until(lambda: not h.scheduler._reports)
+    await until(lambda: not h.scheduler.background)
     await h.scheduler.shutdown()
 
 
@@ -844,15 +845,15 @@ def test_a_report_outside_a_running_loop_is_dropped() -> None:
         closed.append(False)
 
     coroutine = work()
-    scheduler._background(coroutine, "x")
+    scheduler.background.spawn(coroutine, "x")
     assert coroutine.cr_frame is None and closed == []  # closed, never run
 
 
 async def test_adaptive_keeps_a_window_of_fifty_and_warns_once(caplog: pytest.LogCaptureFixture) -> None:
     h = Harness(Solver(), adaptive=True, adaptive_share=0.5)
     for n in range(60):
-        h.scheduler._track("omocaptcha-v1", "rotate", accepted=n < 5)
-    assert len(h.scheduler.verdicts[("omocaptcha-v1", "rotate")]) == 50
+        h.scheduler.verdicts.track("omocaptcha-v1", "rotate", accepted=n < 5)
+    assert len(h.scheduler.verdicts.windows[("omocaptcha-v1", "rotate")]) == 50
     assert len([m for m in caplog.messages if "moving it behind" in m]) == 1
     await h.scheduler.shutdown()
 
@@ -860,8 +861,8 @@ async def test_adaptive_keeps_a_window_of_fifty_and_warns_once(caplog: pytest.Lo
 async def test_a_share_exactly_at_the_bar_is_not_demoted() -> None:
     h = Harness(Solver(), adaptive=True, adaptive_share=0.5)
     for n in range(10):
-        h.scheduler._track("omocaptcha-v1", "rotate", accepted=n % 2 == 0)
-    assert h.scheduler._demoted == set()
+        h.scheduler.verdicts.track("omocaptcha-v1", "rotate", accepted=n % 2 == 0)
+    assert h.scheduler.verdicts.demoted == set()
     await h.scheduler.shutdown()
 
 
@@ -962,7 +963,7 @@ async def test_fleet_mode_solves_an_image_set_once_and_shares_the_answer() -> No
     [final] = await h.settle()
     assert (final["service"], final["job_id"], final.get("cached")) == ("omocaptcha-v1", 5, None)
     shared = fleet.answers[image_key_of("a")]
-    assert scheduler_module.from_shared_json(shared) == ("omocaptcha-v1", Solution("33", RotateAnswer.from_angle(33)))
+    assert sharing.from_shared_json(shared) == ("omocaptcha-v1", Solution("33", RotateAnswer.from_angle(33)))
     assert fleet.calls == [("claim", "r:a"), ("finish", "r:a", shared)]
     await h.scheduler.shutdown()
 
@@ -977,7 +978,7 @@ async def test_fleet_mode_takes_another_proxys_answer() -> None:
     solver = Solver()
     h, fleet = fleet_harness(solver)
     slide = SlideAnswer.from_view(100.0, 552, 340)
-    fleet.answers[image_key_of("a")] = scheduler_module.shared_json("omocaptcha-v2", Solution("100", slide, 0.75))
+    fleet.answers[image_key_of("a")] = sharing.shared_json("omocaptcha-v2", Solution("100", slide, 0.75))
     h.scheduler.submit(captured("a"))
     [final] = await h.settle()
     assert (final["service"], final["job_id"], final["cached"], final["tried"], final["result"], final["answer"],
@@ -993,7 +994,7 @@ async def test_fleet_mode_waits_for_the_proxy_holding_the_claim() -> None:
     fleet.elsewhere = asyncio.get_running_loop().create_future()
     h.scheduler.submit(captured("a"))
     await until(lambda: ("wait", 30.0) in fleet.calls)
-    fleet.elsewhere.set_result(scheduler_module.shared_json("omocaptcha-v1",
+    fleet.elsewhere.set_result(sharing.shared_json("omocaptcha-v1",
                                                             Solution("7", RotateAnswer.from_angle(7))))
     [final] = await h.settle()
     assert (final["service"], final["cached"], final["result"]) == ("omocaptcha-v1", True, "7") and solver.jobs == []
@@ -1054,13 +1055,13 @@ async def test_fleet_mode_drops_an_answer_the_site_refused() -> None:
 def test_shared_answers_round_trip() -> None:
     for service, solution in (("local", Solution("1", RotateAnswer.from_angle(45), 0.9)),
                               ("omocaptcha-v1", Solution("170", SlideAnswer.from_view(170, 552, 340)))):
-        text = scheduler_module.shared_json(service, solution)
-        assert scheduler_module.from_shared_json(text) == (service, solution)
+        text = sharing.shared_json(service, solution)
+        assert sharing.from_shared_json(text) == (service, solution)
     import json
 
-    assert json.loads(scheduler_module.shared_json("s", Solution("5", RotateAnswer.from_angle(90)))) == {
+    assert json.loads(sharing.shared_json("s", Solution("5", RotateAnswer.from_angle(90)))) == {
         "service": "s", "result": "5", "confidence": None, "kind": "rotate",
         "answer": {"value": 67.75, "fraction": 0.25, "angle": 90.0}}
     slide = SlideAnswer.from_view(170, 552, 340)
-    assert json.loads(scheduler_module.shared_json("s", Solution("170", slide, 0.5))) == {
+    assert json.loads(sharing.shared_json("s", Solution("170", slide, 0.5))) == {
         "service": "s", "result": "170", "confidence": 0.5, "kind": "slide", "answer": slide.to_json()}
