@@ -10,13 +10,17 @@ import os
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from addon.capture.assemble import Captured, make_part
 from addon.capture.images import Role, probe
 from addon.kinds import Kind
+from addon.mitm.option_table import SOLVER_OPTIONS
 from addon.solving import local
+from addon.solving.chain import ChainSettings, SolverFactory
 from addon.solving.local import LocalSolver
+from addon.solving.workers import WorkerPool
 from tests.kit.synth import generate
 from tests.test_scheduler import Harness, eventually
 
@@ -99,3 +103,27 @@ async def test_a_worker_that_dies_fails_its_challenge_once_and_the_workers_come_
     # a closed solver fails what still reaches it as shutdown, at once
     with pytest.raises(Exception, match="closed"):
         await solver.pool.run("os:getpid")
+
+
+async def test_the_workers_start_and_warm_up_once_however_often_the_solvers_are_configured(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    builds: list[int] = []
+
+    def build(pool: WorkerPool) -> Any:
+        builds.append(1)
+        pool._executor = object()  # type: ignore[assignment]
+        return pool._executor
+
+    monkeypatch.setattr(WorkerPool, "_build", build)
+    async with httpx.AsyncClient() as http:
+        factory = SolverFactory(http)
+        settings = ChainSettings(("local",), "", {o.name: o.default for o in SOLVER_OPTIONS})
+        [solver] = factory.build(settings)
+        assert builds == []  # made, not started: `mitmdump --options` starts no process
+        factory.start()  # mitmproxy's `running`
+        for _ in range(3):  # option changes after start, the chain unchanged
+            assert factory.build(settings) == (solver,)
+        factory.start()
+        assert isinstance(solver, LocalSolver) and builds == [1]
+        solver.pool._executor = None
+        solver.pool._closed = True

@@ -17,6 +17,7 @@ from addon.capture.images import BadImage, ImageInfo, Role
 from addon.capture.recognise import Kind
 from addon.fleet.shared import solve_shared
 from addon.publish.bus import EventBus
+from addon.solving import background as background_module
 from addon.solving import failures, sharing
 from addon.solving import monitor as monitor_module
 from addon.solving import verdicts as verdicts_module
@@ -847,6 +848,66 @@ def test_a_report_outside_a_running_loop_is_dropped() -> None:
     coroutine = work()
     scheduler.background.spawn(coroutine, "x")
     assert coroutine.cr_frame is None and closed == []  # closed, never run
+
+
+async def test_shutdown_waits_for_the_reports_still_running_and_cancels_one_that_hangs(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(background_module, "DRAIN_SECONDS", 0.2)
+    sent: list[str] = []
+    ended: list[str] = []
+
+    class Slow(Reporting):
+        async def report(self, task_id: str, accepted: bool) -> bool:
+            sent.append(task_id)
+            try:
+                await asyncio.sleep(0.05 if task_id == "11" else 3600)
+            finally:
+                ended.append(task_id)
+            return True
+
+    h = Harness(Slow(steps=[answer(10, job_id=11), answer(20, job_id=12)]), cache_size=0)
+    for cid in ("a", "b"):
+        h.scheduler.submit(captured(cid))
+    await h.settle(2)
+    h.scheduler.verdict("a", accepted=True)
+    h.scheduler.verdict("b", accepted=False)
+    await until(lambda: sent == ["11", "12"])
+    await h.scheduler.shutdown()
+    # The quick one ran to its end, the hanging one was cancelled, and both were awaited: nothing is left pending.
+    assert ended == ["11", "12"] and not h.scheduler.background
+
+
+async def test_a_replaced_service_is_closed_after_its_monitor_ended_and_shutdown_waits_for_the_close() -> None:
+    gate = asyncio.Event()
+
+    class SlowToClose(Solver):
+        async def close(self) -> None:
+            await gate.wait()
+            self.closed += 1
+
+    old = SlowToClose()
+    h = Harness(old)
+    state = h.scheduler.services["omocaptcha-v1"]
+    await until(lambda: state.key_state == "valid")
+    h.scheduler.configure(SchedulerConfig(solvers=(Solver(),)))
+    assert len(h.scheduler.background) == 1  # the close, kept until it ends
+    await until(lambda: state.monitor is not None and state.monitor.done())
+    stopping = asyncio.create_task(h.scheduler.shutdown())
+    await asyncio.sleep(0.05)
+    assert not stopping.done() and old.closed == 0
+    gate.set()
+    await stopping
+    assert old.closed == 1 and not h.scheduler.background
+
+
+async def test_background_work_that_fails_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    async def broken() -> None:
+        raise OSError("no route")
+
+    tasks = background_module.Background()
+    tasks.spawn(broken(), "captcha-report-x")
+    await until(lambda: not tasks)
+    assert "captcha: captcha-report-x failed: OSError('no route')" in caplog.messages
 
 
 async def test_adaptive_keeps_a_window_of_fifty_and_warns_once(caplog: pytest.LogCaptureFixture) -> None:

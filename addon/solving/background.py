@@ -40,11 +40,11 @@ class Background:
         if not task.cancelled() and task.exception() is not None:
             logger.warning(f"captcha: {task.get_name()} failed: {task.exception()!r}")
 
-    async def drain(self, timeout: float = DRAIN_SECONDS) -> None:
-        """Waits for the work still running (up to `timeout` s), then cancels what is left and waits for that."""
+    async def drain(self) -> None:
+        """Waits for the work still running (up to DRAIN_SECONDS), then cancels what is left and waits for that."""
         if not self._tasks:
             return
-        _, late = await asyncio.wait(set(self._tasks), timeout=timeout)
+        _, late = await asyncio.wait(set(self._tasks), timeout=DRAIN_SECONDS)
         for task in late:
             task.cancel()
         await asyncio.gather(*late, return_exceptions=True)
