@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
+import json
 import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from addon.capture.assemble import Captured, make_part
@@ -17,11 +19,14 @@ from addon.capture.images import Role, probe
 from addon.capture.recognise import Kind
 from addon.mitm.solving import make_http_client
 from addon.publish.bus import EventBus
+from addon.solving import failures
+from addon.solving.base import RotateAnswer, Solution
 from addon.solving.failures import BadImage
 from addon.solving.omocaptcha_v1 import OmocaptchaV1Solver, job_payload
 from addon.solving.scheduler import Scheduler, SchedulerConfig
 from tests.conftest import tiny_manifest
 from tests.kit.fake_omocaptcha import FakeOmocaptcha
+from tests.test_paid import RecordingJob
 
 KEY = "test-key-3141"
 pytestmark = pytest.mark.usefixtures("eager_tasks")  # the task factory the proxy runs under
@@ -340,3 +345,80 @@ async def test_an_image_cut_short_fails_as_bad_image_without_a_job(fake: FakeOmo
     finals = await h.settle(2)
     assert finals[1]["event"] == "solved"
     await h.solver.shutdown()
+
+
+# ------------------------------------------------------------------------------------------------ on MockTransport
+
+
+def v1_service(answers: dict[str, Any]) -> tuple[OmocaptchaV1Solver, list[httpx.Request], httpx.AsyncClient]:
+    """v1 against a script: each call's path ends in a key of `answers`, whose value is its JSON answer."""
+    requests: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        requests.append(request)
+        return httpx.Response(200, json=answers[request.url.path.rsplit("/", 1)[1]])
+
+    http = httpx.AsyncClient(transport=httpx.MockTransport(answer))
+    solver = OmocaptchaV1Solver("http://v1.invalid/api", KEY, http)
+    solver.create_backoff = (0.01, 0.02)
+    return solver, requests, http
+
+
+async def test_v1_calls_carry_the_key_and_read_the_job_and_its_result(manifest_dir: Any) -> None:
+    solver, requests, http = v1_service({"createJob": {"error": False, "job_id": "42"},
+                                         "getJobResult": {"status": "success", "result": 123},
+                                         "getBalance": {"balance": 1.5}})
+    whirl = captured_from(manifest_dir, "whirl")
+    job = RecordingJob()
+    async with http:
+        solution = await solver.solve(whirl, job)
+        assert await solver.check() == "1.5"
+    assert solution == Solution("123", RotateAnswer.from_value(123.0))
+    b64 = {r: base64.b64encode(p.body).decode() for r, p in whirl.images.items()}
+    assert [(r.url.path, json.loads(r.content)) for r in requests] == [
+        ("/api/createJob", {"api_token": KEY, "data": {"type_job_id": "23",
+                                                       "image_base64": b64[Role.INNER] + "|" + b64[Role.OUTER]}}),
+        ("/api/getJobResult", {"api_token": KEY, "job_id": 42}),  # the job id as the number it names
+        ("/api/getBalance", {"api_token": KEY}),
+    ]
+    assert job.calls == ["sent", "ok", "started", "ok"]
+
+
+@pytest.mark.parametrize(("create", "result", "failure", "message"), [
+    ({"error": False}, None, failures.ServiceError, "createJob: unexpected answer with fields error"),
+    ({"error": False, "job_id": True}, None, failures.ServiceError, "createJob: unexpected answer"),
+    ({"error": True, "message": "Invalid api_token"}, None, failures.InvalidKey, "createJob: Invalid api_token"),
+    ({"error": True, "message": "Not enough balance"}, None, failures.ServiceError, "createJob: Not enough balance"),
+    ({"error": True}, None, failures.ServiceError, "createJob: error without a message"),
+    (None, {"status": "fail"}, failures.Unsolvable, "omocaptcha could not solve this challenge"),
+    (None, {"status": "success", "result": ""}, failures.Unsolvable, "omocaptcha reported success without a result"),
+    (None, {"status": "success", "result": True}, failures.Unsolvable, "omocaptcha reported success without a result"),
+    (None, {"status": "success", "result": "abc"}, failures.ServiceError, "omocaptcha's result is not a number"),
+])
+async def test_v1_answers_that_are_no_job_or_no_result(
+        manifest_dir: Any, create: Any, result: Any, failure: type[failures.SolveFailure], message: str) -> None:
+    solver, requests, http = v1_service({"createJob": create or {"error": False, "job_id": 5},
+                                         "getJobResult": result or {}})
+    async with http:
+        with pytest.raises(failure) as info:
+            await solver.solve(captured_from(manifest_dir, "whirl"), RecordingJob())
+    assert info.value.message.startswith(message) and not isinstance(info.value, failures.Unavailable)
+    assert len([r for r in requests if r.url.path.endswith("createJob")]) == 1
+
+
+async def test_v1_a_bad_image_is_refused_before_any_request(manifest_dir: Any) -> None:
+    solver, requests, http = v1_service({})
+    job = RecordingJob()
+    async with http:
+        for c in (cut(captured_from(manifest_dir, "whirl"), Role.OUTER),
+                  without(captured_from(manifest_dir, "slide"), Role.BACKGROUND)):
+            with pytest.raises(failures.BadImage) as info:
+                await solver.solve(c, job)
+            assert not info.value.reached
+    assert requests == [] and job.calls == []
+
+
+async def test_v1_a_balance_that_is_not_a_number_reads_unknown() -> None:
+    solver, _, http = v1_service({"getBalance": {"balance": None}})
+    async with http:
+        assert await solver.check() == "unknown"

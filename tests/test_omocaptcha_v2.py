@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import itertools
 import json
 import logging
@@ -17,6 +18,7 @@ import pytest
 from addon.capture.assemble import Captured, make_part
 from addon.capture.images import Role, probe
 from addon.capture.recognise import Kind
+from addon.solving import failures
 from addon.solving.base import RotateAnswer, SlideAnswer, Solution
 from addon.solving.failures import SolveFailure, Unavailable
 from addon.solving.omocaptcha_v2 import DEFAULT_URL, OmocaptchaV2Solver
@@ -462,3 +464,81 @@ async def test_a_service_that_echoes_the_key_is_redacted(manifest: Manifest) -> 
         with pytest.raises(SolveFailure) as info:
             await solver.check()
         assert "ReadError" in info.value.message and KEY not in info.value.message
+
+
+# ------------------------------------------------------------------------------------------------ on MockTransport
+
+
+def v2_service(answers: dict[str, Any]) -> tuple[OmocaptchaV2Solver, list[httpx.Request], httpx.AsyncClient]:
+    """v2 against a script: each call's last path segment names its JSON answer in `answers`."""
+    requests: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        requests.append(request)
+        return httpx.Response(200, json=answers[request.url.path.rsplit("/", 1)[1]])
+
+    http = httpx.AsyncClient(transport=httpx.MockTransport(answer))
+    solver = OmocaptchaV2Solver("http://v2.invalid/v2", KEY, http)
+    solver.create_backoff = (0.01, 0.02)
+    return solver, requests, http
+
+
+async def test_v2_calls_carry_the_key_and_read_the_task_and_its_solution(manifest: Manifest) -> None:
+    solver, requests, http = v2_service({"createTask": {"errorId": 0, "taskId": "t-1"},
+                                         "getTaskResult": {"errorId": 0, "status": "ready",
+                                                           "solution": {"rotate": 0.25}},
+                                         "report": {"errorId": 0}})
+    whirl = captured(manifest, manifest.whirls()[0])
+    async with http:
+        solution = await solver.solve(whirl, RecordingJob())
+        assert await solver.report("t-1", False) is True
+    assert solution == Solution('{"rotate":0.25}', RotateAnswer.from_fraction(0.75))
+    b64 = [base64.b64encode(whirl.images[r].body).decode() for r in (Role.INNER, Role.OUTER)]
+    assert [(r.url.path, json.loads(r.content)) for r in requests] == [
+        ("/v2/createTask", {"clientKey": KEY, "task": {"type": "TiktokRotateWebTask", "imageBase64s": b64}}),
+        ("/v2/getTaskResult", {"clientKey": KEY, "taskId": "t-1"}),
+        ("/v2/report", {"clientKey": KEY, "id": ["t-1"], "isSuccess": False}),
+    ]
+
+
+@pytest.mark.parametrize(("doc", "failure", "reached", "creates"), [
+    ({"errorId": 1, "errorCode": "ERROR_JOB_STATUS"}, failures.Unsolvable, True, 1),
+    ({"errorId": 1, "errorCode": "ERROR_KEY_DOES_NOT_EXIST"}, failures.InvalidKey, True, 1),
+    ({"errorId": 1, "errorCode": "ERROR_ZERO_BALANCE"}, failures.ServiceError, True, 1),
+    ({"errorId": 7}, failures.ServiceError, True, 1),
+    ({"errorId": 0}, failures.ServiceError, True, 1),  # no taskId
+    # Turned away before a task was made: sent again, up to three times.
+    ({"errorId": 1, "errorCode": "ERROR_TASK_IS_MAINTENANCE"}, failures.Unavailable, False, 3),
+    ({"errorId": 1, "errorCode": "ERROR_SERVICE_UNAVAILABLE"}, failures.Unavailable, False, 3),
+    # Storing the task's data failed, perhaps after it was made and charged: never sent again.
+    ({"errorId": 1, "errorCode": "ERROR_REDIS_UNAVAILABLE"}, failures.Unavailable, True, 1),
+    ({"errorId": 1, "errorCode": "ERROR_REDIS_JOB_DATA"}, failures.Unavailable, True, 1),
+])
+async def test_v2_create_refusals_by_their_code(
+        manifest: Manifest, doc: dict[str, Any], failure: type[failures.SolveFailure], reached: bool,
+        creates: int) -> None:
+    solver, requests, http = v2_service({"createTask": doc})
+    async with http:
+        with pytest.raises(failures.SolveFailure) as info:
+            await solver.solve(captured(manifest, manifest.slides()[0]), RecordingJob())
+    assert (type(info.value), info.value.reached, len(requests)) == (failure, reached, creates)
+
+
+async def test_v2_refusal_texts_name_the_code_and_the_description() -> None:
+    solver, _, http = v2_service({"getBalance": {"errorId": 1, "errorCode": "ERROR_ZERO_BALANCE",
+                                                 "errorDescription": "Account has zero balance."}})
+    async with http:
+        with pytest.raises(failures.ServiceError) as info:
+            await solver.check()
+    assert info.value.message == "getBalance: ERROR_ZERO_BALANCE (Account has zero balance.)"
+    assert solver.refusal("createTask", {"errorId": 7}) is not None
+    assert str(solver.refusal("createTask", {"errorId": 7})) == "createTask: error 7"
+
+
+async def test_v2_a_bad_image_is_refused_before_any_request(manifest: Manifest) -> None:
+    solver, requests, http = v2_service({})
+    job = RecordingJob()
+    async with http:
+        with pytest.raises(failures.BadImage) as info:
+            await solver.solve(captured(manifest, manifest.whirls()[0], cut=20), job)
+    assert not info.value.reached and requests == [] and job.calls == []
