@@ -300,7 +300,7 @@ class Scheduler:
     async def _run_chain(self, run: _Run, config: SchedulerConfig) -> Outcome:
         chain = self.chain_for(run)
         run.asked = self.cache.marks
-        unsure: tuple[Solver, Solution, str | int | None] | None = None
+        unsure: Found | None = None  # the surest answer under local_confidence so far, kept in case none is surer
         failure: SolveFailure = failures.ServiceError("no solver could take the challenge")
         for i, solver in enumerate(chain):
             last = i == len(chain) - 1
@@ -324,13 +324,11 @@ class Scheduler:
                 failure = f
                 continue
             if solution.confidence is not None and solution.confidence < config.local_confidence and not last:
-                if unsure is None or solution.confidence > (unsure[1].confidence or 0.0):
-                    unsure = (solver, solution, run.job_id)
+                if unsure is None or solution.confidence > (unsure.solution.confidence or 0.0):
+                    unsure = Found(solver.name, run.job_id, solution)
                 continue
             return Found(solver.name, run.job_id, solution)
-        if unsure is not None:
-            return Found(unsure[0].name, unsure[2], unsure[1])
-        return failure
+        return unsure if unsure is not None else failure
 
     @contextlib.asynccontextmanager
     async def _fleet_slot(self, run: _Run, solver: Solver, config: SchedulerConfig) -> AsyncIterator[None]:
