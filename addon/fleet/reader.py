@@ -85,6 +85,10 @@ def _entry(sid: str, fields: dict[str, str]) -> Event | None:
     return event
 
 
+BLOCK_MS = 5000
+"""How long the follower's XREAD blocks; a client given to the reader needs a socket timeout longer than this."""
+
+
 class _Follower:
     """One blocking XREAD loop from the stream's tail that wakes the waiters of each client with a new entry."""
 
@@ -167,7 +171,7 @@ class FleetReader:
     """Reads the fleet's lookups and stream. Methods raise redis errors (the caller falls back to local answers)."""
 
     def __init__(self, url: str | None = None, stream: str = DEFAULT_STREAM, *, client: aioredis.Redis | None = None,
-                 block_ms: int = 5000, link: LinkState | None = None):
+                 block_ms: int = BLOCK_MS, link: LinkState | None = None):
         """`link`: share the event stream's (`RedisEventStream.link`) so an outage is logged once per proxy."""
         if url is None and client is None:
             raise ValueError("a Redis URL or client is needed")
