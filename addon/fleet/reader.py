@@ -38,7 +38,7 @@ import redis.asyncio as aioredis
 
 from addon.fleet import DEFAULT_STREAM, REDIS_FAILURES, FleetKeys, LinkState, connect
 from addon.fleet.heartbeat import add_flat
-from addon.fleet.stream import BACKOFF_CAP_S, FINALS_KEPT
+from addon.fleet.stream import BACKOFF, FINALS_KEPT
 from addon.publish.remote import AnswersUnreachable
 
 logger = logging.getLogger(__name__)
@@ -129,7 +129,7 @@ class _Follower:
                 event.set()
 
     async def _run(self) -> None:
-        delay = 0.0
+        failures = 0
         while True:
             try:
                 if self.last_id is None:
@@ -146,10 +146,10 @@ class _Follower:
                 # A bug of ours is logged as one and leaves the link up; the loop backs off and retries either way.
                 if self._link.failed(e, "; long polls of other proxies' clients wait for it"):
                     self._failing = True
-                delay = min(BACKOFF_CAP_S, max(0.05, delay * 2))
-                await asyncio.sleep(delay)
+                await asyncio.sleep(BACKOFF.compute(failures))
+                failures += 1
                 continue
-            delay = 0.0
+            failures = 0
             if self._failing:
                 self._failing = False
                 if self._owns_link:

@@ -28,6 +28,8 @@ class _ClientBoard:
 class Board:
     def __init__(self) -> None:
         self.events: deque[Event] = deque(maxlen=MAX_EVENTS)
+        # By hand rather than cachetools' LRUCache: a forgotten client's waiters are woken, and the API's reads do
+        # not count as seeing a client (only its events and its own waits do).
         self._clients: OrderedDict[str, _ClientBoard] = OrderedDict()
 
     def _client(self, client: str) -> _ClientBoard:
