@@ -1,4 +1,5 @@
-"""Builds the addon objects and the state they share: one bus, one board, one scheduler, one client keyer."""
+"""Builds the addon objects and the state they share: one bus, one tally, one board, one scheduler, one client
+keyer."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from addon.publish.bus import EventBus
 from addon.publish.dashboard_api import Dashboard
 from addon.publish.event_stream import EventStreamServer
 from addon.publish.http_api import ApiHandler
-from addon.publish.service_stats import ServiceStats
+from addon.publish.tally import Tally
 from addon.solving.scheduler import Scheduler
 
 
@@ -24,8 +25,8 @@ def build_addons() -> list[Any]:
     board = Board()
     keyer = ClientKeyer()
     scheduler = Scheduler(bus)
-    service_stats = ServiceStats()
-    bus.subscribe("service-stats", service_stats)
+    tally = Tally()
+    bus.subscribe("tally", tally)
     events = CaptchaEvents(bus, board)
     capture = CaptchaCapture(bus, scheduler, keyer)
     solving = CaptchaSolving(scheduler)
@@ -35,22 +36,15 @@ def build_addons() -> list[Any]:
     def stats(client: str | None) -> dict[str, Any]:
         """Counters of the whole proxy, or of one client with ?client=K (then without the job counters)."""
         if client is not None:
-            counts, reasons = board.client_counts(client)
-            return {
-                "client": client, "captured": counts["captured"], "solved": counts["solved"],
-                "failed": dict(reasons), "expired": counts["expired"], "verified": counts["verified"],
-                "in_flight": scheduler.in_flight_of(client),
-            }
-        counts = board.counts
+            return {"client": client, **tally.client_stats(client), "in_flight": scheduler.in_flight_of(client)}
         services = scheduler.service_stats()
         return {
-            "captured": counts["captured"], "solved": counts["solved"], "failed": dict(board.failed_reasons),
-            "expired": counts["expired"], "verified": counts["verified"], "in_flight": scheduler.in_flight,
+            **tally.stats(), "in_flight": scheduler.in_flight,
             "waiting": scheduler.waiting, "jobs_sent": scheduler.jobs_sent, "solving": scheduler.key_state,
             "solvers": list(scheduler.config.chain),
             "balance": {name: s["balance"] for name, s in services.items() if s["balance"] is not None},
             "services": services,
-            "by_service": service_stats.to_json(scheduler.jobs_sent_by_kind()),
+            "by_service": tally.by_service(scheduler.jobs_sent_by_kind()),
             "cache": {"entries": len(scheduler.cache), "hits": scheduler.cache.hits},
             **(fleet.stats() if fleet is not None else {}),
         }
@@ -59,7 +53,7 @@ def build_addons() -> list[Any]:
     bus.subscribe("event-stream", stream.publish)
     handler = ApiHandler(board, stats)
     dashboard = Dashboard(
-        in_flight=lambda: scheduler.in_flight, waiting=lambda: scheduler.waiting,
+        tally, in_flight=lambda: scheduler.in_flight, waiting=lambda: scheduler.waiting,
         balance=lambda: {n: s["balance"] for n, s in scheduler.service_stats().items() if s["balance"] is not None},
     )
     dashboard.register(handler)

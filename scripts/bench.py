@@ -175,7 +175,7 @@ def expected_keys(s: Settings, sections: Sequence[str] = SECTIONS) -> list[str]:
             keys += [f"local.n{n}.looplag_max", f"local.n{n}.looplag_busy"]
         keys += ["local.control.looplag_max", "local.control.looplag_busy"]
     if "outlets" in sections:
-        keys += [f"outlets.{name}" for name in ("bus_default", "bus_streams_1", "bus_streams_10", "metrics_observe",
+        keys += [f"outlets.{name}" for name in ("bus_default", "bus_streams_1", "bus_streams_10", "tally_observe",
                                                 "dashboard")]
     if "memory" in sections:
         keys += [f"memory.{name}" for name in ("rss_low", "rss_high", "growth", "growth_without", "growth_addon",
@@ -768,7 +768,7 @@ async def _flowcost(s: Settings, factory: FlowFactory, sidecar: Path) -> Json:
             await timed("image_last", last)
             if i % 50 == 49:
                 await asyncio.sleep(0)  # lets the addon's periodic tick run now and then, as it would
-        captured = api.handler.board.counts["captured"]
+        captured = api.handler.stats(None)["captured"]
     out: Json = {"captured": captured, "image_bytes": {m: [len(b) for b in pair]
                                                        for m, pair in factory.images.items()}, "hooks": {}}
     for category, hooks_ in timings.items():
@@ -883,7 +883,7 @@ async def _retained(count: int, factory: FlowFactory, sidecar: Path) -> Json:
                 await capture.response(f)
         gc.collect()
         after = addon_state_sizes(addons)
-        captured = api.handler.board.counts["captured"]
+        captured = api.handler.stats(None)["captured"]
     diff = {name: after[name] - before.get(name, 0) for name in after}
     total = sum(diff.values())
     top = sorted(((n, d) for n, d in diff.items() if d), key=lambda kv: -kv[1])[:12]
@@ -1222,17 +1222,16 @@ def _local_control(origin: ChildOrigin, work: Path, n: int, first_ip: int) -> Js
 
 
 def bench_outlets(s: Settings, report: Report) -> None:
-    """In-process: the bus with the default outlets (board, log line, service stats, dashboard + metrics, event
-    stream), with 0, 1 and 10 open event streams on loopback; and the metrics and dashboard outlets alone."""
+    """In-process: the bus with the default outlets (tally, board, log line, dashboard, event stream), with 0, 1
+    and 10 open event streams on loopback; and the tally and dashboard outlets alone."""
     result = asyncio.run(_outlets(2_000 if s is QUICK else 20_000))
     report.details["outlets"] = result
     report.add("outlets.bus_default", "bus.emit with the default outlets, per event", result["bus"]["0"], "µs")
     report.add("outlets.bus_streams_1", "same, with 1 open event stream (its socket writes included)",
                result["bus"]["1"], "µs")
     report.add("outlets.bus_streams_10", "same, with 10 open event streams", result["bus"]["10"], "µs")
-    report.add("outlets.metrics_observe", "Metrics.observe alone, per event", result["metrics"], "µs")
-    report.add("outlets.dashboard", "dashboard outlet (metrics + image store) alone, per event", result["dashboard"],
-               "µs")
+    report.add("outlets.tally_observe", "Tally.observe alone, per event", result["tally"], "µs")
+    report.add("outlets.dashboard", "dashboard outlet (image store) alone, per event", result["dashboard"], "µs")
 
 
 async def _outlets(n: int) -> Json:
@@ -1242,7 +1241,7 @@ async def _outlets(n: int) -> Json:
     from addon.publish.dashboard_api import Dashboard
     from addon.publish.event_stream import SECRET_HEADER, EventStreamServer
     from addon.publish.logline import log_event
-    from addon.publish.service_stats import ServiceStats
+    from addon.publish.tally import Tally
     from addon.solving.base import RotateAnswer
 
     logging.getLogger("addon").setLevel(logging.WARNING)  # the log line's formatting, not a console, is timed
@@ -1262,9 +1261,10 @@ async def _outlets(n: int) -> Json:
         bus, board = EventBus(), Board()
         server = EventStreamServer(board)
         await server.start()
-        dashboard = Dashboard(in_flight=lambda: 0, waiting=lambda: 0, balance=dict)
-        for name, outlet in (("board", board.add), ("log", log_event), ("stats", ServiceStats()),
-                             ("dashboard", dashboard), ("stream", server.publish)):
+        tally = Tally()
+        dashboard = Dashboard(tally, in_flight=lambda: 0, waiting=lambda: 0, balance=dict)
+        for name, outlet in (("tally", tally), ("board", board.add), ("log", log_event), ("dashboard", dashboard),
+                             ("stream", server.publish)):
             bus.subscribe(name, outlet)
         readers = []
         for _ in range(streams):
@@ -1290,14 +1290,13 @@ async def _outlets(n: int) -> Json:
         return spent / n * 1e6
 
     bus_cost = {str(k): await run(k) for k in (0, 1, 10)}
-    from addon.publish.metrics import Metrics
-    metrics = Metrics()
+    tally = Tally()
     docs = [e.to_json() for e in events(n)]
     t = time.perf_counter()
     for doc in docs:
-        metrics.observe(doc)
-    metrics_cost = (time.perf_counter() - t) / n * 1e6
-    dashboard = Dashboard(in_flight=lambda: 0, waiting=lambda: 0, balance=dict)
+        tally.observe(doc)
+    tally_cost = (time.perf_counter() - t) / n * 1e6
+    dashboard = Dashboard(Tally(), in_flight=lambda: 0, waiting=lambda: 0, balance=dict)
     batch = events(n)
     for e in batch:
         e.to_json()
@@ -1305,7 +1304,7 @@ async def _outlets(n: int) -> Json:
     for e in batch:
         dashboard(e)
     dashboard_cost = (time.perf_counter() - t) / n * 1e6
-    return {"events": n, "bus": bus_cost, "metrics": metrics_cost, "dashboard": dashboard_cost}
+    return {"events": n, "bus": bus_cost, "tally": tally_cost, "dashboard": dashboard_cost}
 
 
 async def _drain_reader(reader: asyncio.StreamReader) -> None:

@@ -307,3 +307,27 @@ async def test_a_verify_naming_no_challenge_from_a_client_without_one_is_dropped
     await verify(capture, "10.0.0.5", {"id": "q", "mode": "puzzle", "reply": []})  # a kind this addon does not do
     assert events(sidecar) == []
     assert "names no challenge and 10.0.0.5 has none" in caplog.text
+
+
+async def test_what_capture_remembers_is_bounded_the_least_recently_written_out_first(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    import addon.mitm.capture
+
+    monkeypatch.setattr(addon.mitm.capture, "MAX_REMEMBERED_CHALLENGES", 2)
+    addons = build_addons()
+    capture = next(a for a in addons if isinstance(a, CaptchaCapture))
+    sidecar = tmp_path / "events.jsonl"
+    with taddons.context(*addons) as tctx:
+        tctx.configure(capture, captcha_sidecar=str(sidecar), captcha_solvers="none")
+        await capture_whirl(capture, "a1", "10.0.0.2", 1)
+        await capture_whirl(capture, "b1", "10.0.0.3", 2)
+        await verify(capture, "10.0.0.2", {"mode": "whirl", "reply": []})  # a read: it does not keep a1 longer
+        await capture_whirl(capture, "c1", "10.0.0.4", 3)
+        # 10.0.0.2's newest challenge and a1's owner are forgotten; b1's are still known.
+        await verify(capture, "10.0.0.2", {"mode": "whirl", "reply": []})
+        await verify(capture, "10.0.0.9", {"id": "a1", "mode": "whirl", "reply": []})
+        await verify(capture, "10.0.0.9", {"id": "b1", "mode": "whirl", "reply": []})
+        next(a for a in addons if isinstance(a, CaptchaEvents)).drain()
+        verified = [(e["challenge"], e["client"]) for e in events(sidecar) if e["event"] == "verified"]
+        assert verified == [("a1", "10.0.0.2"), ("a1", "10.0.0.9"), ("b1", "10.0.0.3")]
+        assert "names no challenge and 10.0.0.2 has none" in caplog.text

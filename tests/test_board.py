@@ -8,14 +8,16 @@ from addon.publish import events as ev
 from addon.publish.board import Board
 from addon.publish.bus import EventBus
 from addon.publish.http_api import drag_for
+from addon.publish.tally import Tally
 from addon.solving.base import RotateAnswer, SlideAnswer
 
 
 class Log:
     """Emits typed events by name, the way the capture stage and the scheduler do."""
 
-    def __init__(self, bus: EventBus):
+    def __init__(self, bus: EventBus, tally: Tally):
         self.bus = bus
+        self.tally = tally
 
     def emit(self, name: str, client: str, challenge: str, kind: str, **fields: object) -> ev.Event:
         common = {"client": client, "challenge": challenge, "kind": kind}
@@ -31,9 +33,11 @@ class Log:
 
 
 def make() -> tuple[Log, Board]:
-    bus, board = EventBus(run="r"), Board()
+    """The board and the tally on one bus, as the proxy has them (the counts of /v1/stats are the tally's)."""
+    bus, board, tally = EventBus(run="r"), Board(), Tally()
+    bus.subscribe("tally", tally)
     bus.subscribe("board", board.add)
-    return Log(bus), board
+    return Log(bus, tally), board
 
 
 def test_answers_per_client_in_order() -> None:
@@ -50,7 +54,8 @@ def test_answers_per_client_in_order() -> None:
     assert [board.final_after("a", s).challenge for s in (0, 3, 5)] == ["ch1", "ch3", "ch3"]  # type: ignore[union-attr]
     assert board.final_after("a", 6) is None
     assert [e.seq for e in board.newest(10, "a")] == [6, 5, 3, 1]
-    assert board.failed_reasons == {"timeout": 1} and board.counts["captured"] == 3
+    stats = log.tally.stats()
+    assert stats["failed"] == {"timeout": 1} and stats["captured"] == 3
 
 
 async def test_waiters_wake_on_their_own_client_only() -> None:
@@ -95,11 +100,11 @@ def test_counts_per_proxy_and_per_client() -> None:
     log.emit("captured", "b", "z", "slide")
     log.emit("failed", "b", "z", "slide", reason="bad_image")
     log.emit("solved", "b", "w", "slide", x=3)
-    assert board.counts == {"captured": 3, "failed": 3, "solved": 1}
-    assert board.failed_reasons == {"timeout": 2, "bad_image": 1}
-    assert board.client_counts("a") == ({"captured": 2, "failed": 2}, {"timeout": 2})
-    assert board.client_counts("b") == ({"captured": 1, "failed": 1, "solved": 1}, {"bad_image": 1})
-    assert board.client_counts("nobody") == ({}, {})
+    none = {"captured": 0, "solved": 0, "failed": {}, "expired": 0, "verified": 0}
+    assert log.tally.stats() == {**none, "captured": 3, "solved": 1, "failed": {"timeout": 2, "bad_image": 1}}
+    assert log.tally.client_stats("a") == {**none, "captured": 2, "failed": {"timeout": 2}}
+    assert log.tally.client_stats("b") == {**none, "captured": 1, "solved": 1, "failed": {"bad_image": 1}}
+    assert log.tally.client_stats("nobody") == none
     assert board.knows("a") and not board.knows("nobody")
 
 
@@ -120,7 +125,7 @@ def test_recent_events_are_bounded_oldest_out() -> None:
     for n in range(MAX_EVENTS + 3):
         log.emit("captured", "a", f"x{n}", "rotate")
     assert len(board.events) == MAX_EVENTS and board.events[0].seq == 4
-    assert board.counts["captured"] == MAX_EVENTS + 3
+    assert log.tally.stats()["captured"] == MAX_EVENTS + 3
 
 
 def test_each_client_keeps_its_newest_answers() -> None:
@@ -172,7 +177,7 @@ async def test_a_wait_that_times_out_leaves_no_waiter_behind() -> None:
 
 
 def test_only_failures_count_as_failure_reasons() -> None:
-    bus, board = EventBus(run="r"), Board()
-    bus.subscribe("board", board.add)
-    bus.emit(ev.Expired(client="a", challenge="x", kind="rotate", images={}, reason="window"))
-    assert board.failed_reasons == {} and board.client_counts("a") == ({"expired": 1}, {})
+    log, _ = make()
+    log.bus.emit(ev.Expired(client="a", challenge="x", kind="rotate", images={}, reason="window"))
+    assert log.tally.stats()["failed"] == {} and log.tally.client_stats("a") == {
+        "captured": 0, "solved": 0, "failed": {}, "expired": 1, "verified": 0}

@@ -8,6 +8,7 @@ import pytest
 from addon.publish.board import Board
 from addon.publish.dashboard_api import Dashboard
 from addon.publish.http_api import ApiHandler, ApiRequest, ApiResponse
+from addon.publish.tally import Tally
 
 IDS = ["..", ".", "a/../b?c=1&role=x#f %2e%2E+/", "é€", "images", "answer.png"]
 
@@ -15,7 +16,7 @@ IDS = ["..", ".", "a/../b?c=1&role=x#f %2e%2E+/", "é€", "images", "answer.png
 @pytest.fixture
 def handler() -> ApiHandler:
     handler = ApiHandler(Board(), lambda client: {})
-    dashboard = Dashboard(in_flight=lambda: 0, waiting=lambda: 0, balance=lambda: {})
+    dashboard = Dashboard(Tally(), in_flight=lambda: 0, waiting=lambda: 0, balance=lambda: {})
     for challenge in IDS:
         dashboard.images.put(challenge, "outer", f"outer of {challenge}".encode(), "png")
     dashboard.register(handler)

@@ -720,3 +720,53 @@ async def test_the_apis_view_of_the_fleet_says_unreachable_for_redis_failures_on
             await call
     with pytest.raises(AttributeError):  # a bug of ours stays a bug, not "the fleet is down"
         await FleetAnswers(Reader(AttributeError("x"))).latest_final("c")  # type: ignore[arg-type]
+
+
+# -- the fleet addon: one Redis client per proxy, restarts one at a time -------------------------------------------
+
+
+async def test_the_fleet_addon_shares_one_client_and_runs_quick_restarts_one_at_a_time(
+        redis_servers: RedisServers, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mitmproxy.test import taddons
+
+    from addon.mitm.fleet import CaptchaFleet
+    from addon.wiring import build_addons
+
+    monkeypatch.chdir(tmp_path)  # the default sidecar file lands here
+    srv = redis_servers.start()
+    addons = build_addons()
+    fleet = next(a for a in addons if isinstance(a, CaptchaFleet))
+    with taddons.context(*addons) as tctx:
+        tctx.configure(fleet, captcha_redis=srv.url, captcha_solvers="none")
+        await fleet.running()
+        assert fleet.redis is not None and fleet.stream is not None and fleet.reader is not None
+        assert fleet.coordinator is not None and fleet.heartbeat is not None
+        parts = [fleet.stream._client, fleet.reader._client, fleet.coordinator.redis, fleet.heartbeat._client]
+        assert all(part is fleet.redis for part in parts)
+        await until(lambda: fleet.heartbeat is not None and fleet.heartbeat.beats >= 1, "the first heartbeat")
+        first = fleet.redis
+
+        running, most, ran = 0, 0, []
+        restart = fleet._restart
+
+        async def counted() -> None:
+            nonlocal running, most
+            running += 1
+            most = max(most, running)
+            try:
+                await restart()
+            finally:
+                running -= 1
+                ran.append(tctx.options.captcha_redis_stream)
+
+        monkeypatch.setattr(fleet, "_restart", counted)
+        for name in ("fleet-a", "fleet-b", "fleet-c"):  # three quick changes, as from mitmweb's options page
+            tctx.options.update(captcha_redis_stream=name)
+        assert fleet._restarting is not None
+        await fleet._restarting
+        # One at a time; the second is skipped, since the third follows it with the newer value.
+        assert (most, ran) == (1, ["fleet-c", "fleet-c"])
+        assert fleet.stream is not None and fleet.stream.keys.stream == "fleet-c"
+        assert fleet.redis is not None and fleet.redis is not first and fleet.stream._client is fleet.redis
+        await fleet.done()
+        assert fleet.redis is None and fleet.stream is None

@@ -7,6 +7,7 @@ from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from addon.publish.metrics import Metrics
+from addon.publish.tally import Tally
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -55,9 +56,9 @@ EVENTS = [
 
 
 def test_counters_count_events_by_their_labels() -> None:
-    metrics = Metrics()
+    metrics = Metrics(Tally())
     for event in EVENTS:
-        metrics.observe(event)
+        metrics.tally.observe(event)
     samples = scrape(metrics)
     assert of(samples, "captcha_captured_total") == {L(kind="rotate"): 3, L(kind="slide"): 2, L(kind="3d"): 0,
                                                      L(kind="icon"): 0}
@@ -75,9 +76,9 @@ def test_counters_count_events_by_their_labels() -> None:
 
 
 def test_answer_seconds_histogram() -> None:
-    metrics = Metrics()
+    metrics = Metrics(Tally())
     for event in EVENTS:
-        metrics.observe(event)
+        metrics.tally.observe(event)
     samples = scrape(metrics)
     buckets = of(samples, "captcha_answer_seconds_bucket")
     v1 = {dict(labels)["le"]: value for labels, value in buckets.items() if ("service", "omocaptcha-v1") in labels}
@@ -98,7 +99,8 @@ def test_gauges_are_read_at_scrape_time() -> None:
         state["reads"] += 1
         return int(state["in_flight"])
 
-    metrics = Metrics(in_flight=in_flight, waiting=lambda: int(state["waiting"]), balance=lambda: state["balance"])
+    metrics = Metrics(Tally(), in_flight=in_flight, waiting=lambda: int(state["waiting"]),
+                      balance=lambda: state["balance"])
     assert state["reads"] == 0
     samples = scrape(metrics)
     assert state["reads"] == 1
@@ -117,8 +119,8 @@ def test_a_failing_gauge_does_not_fail_the_scrape() -> None:
     def broken() -> int:
         raise RuntimeError("solver gone")
 
-    metrics = Metrics(in_flight=broken, waiting=lambda: 2, balance=lambda: {"omocaptcha-v1": 1 / 0})
-    metrics.observe(ev("captured"))
+    metrics = Metrics(Tally(), in_flight=broken, waiting=lambda: 2, balance=lambda: {"omocaptcha-v1": 1 / 0})
+    metrics.tally.observe(ev("captured"))
     samples = scrape(metrics)
     assert of(samples, "captcha_jobs_in_flight") == {L(): 0}
     assert of(samples, "captcha_jobs_waiting") == {L(): 2}
@@ -126,9 +128,9 @@ def test_a_failing_gauge_does_not_fail_the_scrape() -> None:
 
 
 def test_client_label_is_an_option() -> None:
-    metrics = Metrics(by_client=True)
+    metrics = Metrics(Tally(), by_client=True)
     for event in EVENTS:
-        metrics.observe(event)
+        metrics.tally.observe(event)
     samples = scrape(metrics)
     assert of(samples, "captcha_captured_total") == {
         L(kind="rotate", client="10.0.0.1"): 2, L(kind="rotate", client="dev-2"): 1,
@@ -141,22 +143,22 @@ def test_client_label_is_an_option() -> None:
 
 
 def test_own_registry_and_instances_apart() -> None:
-    a, b = Metrics(), Metrics()
-    a.observe(ev("captured"))
+    a, b = Metrics(Tally()), Metrics(Tally())
+    a.tally.observe(ev("captured"))
     assert of(scrape(a), "captcha_captured_total")[L(kind="rotate")] == 1
     assert of(scrape(b), "captcha_captured_total")[L(kind="rotate")] == 0
     assert b"captcha_" not in generate_latest(REGISTRY)
 
 
 def test_malformed_events_are_counted_as_far_as_they_go() -> None:
-    metrics = Metrics()
-    metrics.observe({"event": "solved"})
-    metrics.observe(ev("solved", service="local", elapsed_ms="12"))
-    metrics.observe(ev("solved", service="local", elapsed_ms=True))
-    metrics.observe(ev("solved", service="local", elapsed_ms=float("nan")))
-    metrics.observe(ev("solved", service="local", elapsed_ms=-5))
-    metrics.observe(ev("verified", service="local", accepted="yes"))
-    metrics.observe({})
+    metrics = Metrics(Tally())
+    metrics.tally.observe({"event": "solved"})
+    metrics.tally.observe(ev("solved", service="local", elapsed_ms="12"))
+    metrics.tally.observe(ev("solved", service="local", elapsed_ms=True))
+    metrics.tally.observe(ev("solved", service="local", elapsed_ms=float("nan")))
+    metrics.tally.observe(ev("solved", service="local", elapsed_ms=-5))
+    metrics.tally.observe(ev("verified", service="local", accepted="yes"))
+    metrics.tally.observe({})
     samples = scrape(metrics)
     assert of(samples, "captcha_solved_total") == {L(kind="none", service="none"): 1, L(kind="rotate", service="local"): 4}
     assert of(samples, "captcha_answer_seconds_count") == {L(service="local"): 1}
@@ -165,8 +167,8 @@ def test_malformed_events_are_counted_as_far_as_they_go() -> None:
 
 
 def test_openmetrics_when_asked() -> None:
-    metrics = Metrics()
-    metrics.observe(ev("captured"))
+    metrics = Metrics(Tally())
+    metrics.tally.observe(ev("captured"))
     body, content_type = metrics.exposition("application/openmetrics-text; version=1.0.0")
     assert content_type.startswith("application/openmetrics-text")
     assert body.endswith(b"# EOF\n")
@@ -174,11 +176,11 @@ def test_openmetrics_when_asked() -> None:
 
 
 def test_turning_the_client_label_on_later_restarts_the_counters() -> None:
-    metrics = Metrics()
-    metrics.observe(ev("captured"))
-    metrics.observe(ev("solved", service="local", elapsed_ms=20))
+    metrics = Metrics(Tally())
+    metrics.tally.observe(ev("captured"))
+    metrics.tally.observe(ev("solved", service="local", elapsed_ms=20))
     metrics.set_by_client(True)
-    metrics.observe(ev("captured", client="dev-1"))
+    metrics.tally.observe(ev("captured", client="dev-1"))
     samples = scrape(metrics)
     assert of(samples, "captcha_captured_total") == {L(kind="rotate", client="dev-1"): 1}
     assert of(samples, "captcha_solved_total") == {}
@@ -188,9 +190,9 @@ def test_turning_the_client_label_on_later_restarts_the_counters() -> None:
 
 
 def test_cached_answers_are_counted_as_solved_but_not_timed() -> None:
-    metrics = Metrics()
-    metrics.observe(ev("solved", service="omocaptcha-v1", elapsed_ms=2000))
-    metrics.observe(ev("solved", service="omocaptcha-v1", elapsed_ms=3, cached=True))
+    metrics = Metrics(Tally())
+    metrics.tally.observe(ev("solved", service="omocaptcha-v1", elapsed_ms=2000))
+    metrics.tally.observe(ev("solved", service="omocaptcha-v1", elapsed_ms=3, cached=True))
     samples = scrape(metrics)
     assert of(samples, "captcha_solved_total") == {L(kind="rotate", service="omocaptcha-v1"): 2}
     assert of(samples, "captcha_answer_seconds_count") == {L(service="omocaptcha-v1"): 1}

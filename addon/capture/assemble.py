@@ -94,9 +94,11 @@ class Assembler:
         self.window = window
         self.piece_grace = piece_grace
         self.max_pending = max_pending
+        # By hand: dropping a pending challenge yields an Expired outcome (an ordered queue, not a cache).
         self._pending: OrderedDict[str, _Pending] = OrderedDict()
         self._by_client: dict[str, dict[str, _Pending]] = {}
         self._keys: dict[str, _KeyEntry] = {}
+        # By hand: keys are forgotten at times the caller passes in, which cachetools' TTL caches (a timer) do not take.
         self._key_order: OrderedDict[str, None] = OrderedDict()
         self._latest_get_group: dict[str, int] = {}
         self._grace: dict[str, float] = {}

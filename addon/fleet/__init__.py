@@ -257,15 +257,22 @@ def describe_error(exc: BaseException, url: str) -> str:
     return f"Redis at {where}: {type(exc).__name__}: {text}"
 
 
-async def probe(url: str) -> str | None:
-    """None when Redis at `url` answers PING (auth included), else a clear, password-free line on why not."""
+PROBE_TIMEOUT_S = 3.0
+
+
+async def probe(url: str, client: aioredis.Redis | None = None) -> str | None:
+    """None when Redis at `url` answers PING (auth included) within PROBE_TIMEOUT_S, else a clear, password-free
+    line on why not. `client`: the proxy's own (made with `connect(url)`), else one is made for the probe."""
     try:
         validate_url(url)
     except ValueError as e:
         return str(e)
-    client = connect(url, socket_timeout=3.0)
+    own = client is None
+    if client is None:
+        client = connect(url, socket_timeout=PROBE_TIMEOUT_S)
     try:
-        await client.ping()
+        # wait_for as well: a shared client's socket timeout is the longer one of its other commands.
+        await asyncio.wait_for(client.ping(), PROBE_TIMEOUT_S)
         return None
     except Exception as e:
         if redis_failure(e):
@@ -274,7 +281,8 @@ async def probe(url: str) -> str | None:
                      redact_url(url), scrub("".join(traceback.format_exception(e)).rstrip(), url))
         return None
     finally:
-        await client.aclose()
+        if own:
+            await client.aclose()
 
 
 def hash_tag(name: str) -> str:

@@ -38,7 +38,7 @@ import redis.asyncio as aioredis
 
 from addon.fleet import DEFAULT_STREAM, REDIS_FAILURES, FleetKeys, LinkState, connect
 from addon.fleet.heartbeat import add_flat
-from addon.fleet.stream import BACKOFF_CAP_S, FINALS_KEPT
+from addon.fleet.stream import BACKOFF, FINALS_KEPT
 from addon.publish.remote import AnswersUnreachable
 
 logger = logging.getLogger(__name__)
@@ -85,6 +85,10 @@ def _entry(sid: str, fields: dict[str, str]) -> Event | None:
     return event
 
 
+BLOCK_MS = 5000
+"""How long the follower's XREAD blocks; a client given to the reader needs a socket timeout longer than this."""
+
+
 class _Follower:
     """One blocking XREAD loop from the stream's tail that wakes the waiters of each client with a new entry."""
 
@@ -125,7 +129,7 @@ class _Follower:
                 event.set()
 
     async def _run(self) -> None:
-        delay = 0.0
+        failures = 0
         while True:
             try:
                 if self.last_id is None:
@@ -142,10 +146,10 @@ class _Follower:
                 # A bug of ours is logged as one and leaves the link up; the loop backs off and retries either way.
                 if self._link.failed(e, "; long polls of other proxies' clients wait for it"):
                     self._failing = True
-                delay = min(BACKOFF_CAP_S, max(0.05, delay * 2))
-                await asyncio.sleep(delay)
+                await asyncio.sleep(BACKOFF.compute(failures))
+                failures += 1
                 continue
-            delay = 0.0
+            failures = 0
             if self._failing:
                 self._failing = False
                 if self._owns_link:
@@ -167,7 +171,7 @@ class FleetReader:
     """Reads the fleet's lookups and stream. Methods raise redis errors (the caller falls back to local answers)."""
 
     def __init__(self, url: str | None = None, stream: str = DEFAULT_STREAM, *, client: aioredis.Redis | None = None,
-                 block_ms: int = 5000, link: LinkState | None = None):
+                 block_ms: int = BLOCK_MS, link: LinkState | None = None):
         """`link`: share the event stream's (`RedisEventStream.link`) so an outage is logged once per proxy."""
         if url is None and client is None:
             raise ValueError("a Redis URL or client is needed")

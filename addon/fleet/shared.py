@@ -46,6 +46,8 @@ from addon.fleet import DEFAULT_STREAM, FleetKeys, LinkState
 
 logger = logging.getLogger(__name__)
 
+# By hand rather than redis-py's Lock: a claim is refused while the image set has an answer, and letting go of one
+# stores the answer and wakes the waiters on its channel in the same atomic step.
 # KEYS: claim, answer. ARGV: owner, ttl ms. 1 = claimed (or already ours, renewed), 0 = someone else's or answered.
 _CLAIM = """
 if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end

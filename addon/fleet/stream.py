@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.backoff import ExponentialBackoff
 from redis.commands.core import AsyncScript
 
 from addon.fleet import DEFAULT_STREAM, FleetKeys, LinkState, connect, validate_url
@@ -50,7 +51,9 @@ LOOKUP_TTL_S = 86_400
 MARK_TTL_S = 7 * 86_400
 FINALS_KEPT = 64
 EVENTS_KEPT = 100
-BACKOFF_CAP_S = 2.0
+BACKOFF = ExponentialBackoff(cap=2.0, base=0.05)
+"""The pause after each failure in a row, before the next try: 0.05 s, doubling, at most 2 s (the loops that retry
+Redis without end wait on an event of their own meanwhile, so they are not tenacity's)."""
 
 # KEYS: stream, run mark, then 4 per event: events list, final, finals list, newest captured.
 # ARGV: maxlen (0 = no trimming), lookup ttl, mark ttl, finals kept, events kept, then 4 per event: seq, client,
@@ -252,12 +255,12 @@ class RedisEventStream:
     # -- the writer ---------------------------------------------------------------------------------------------
 
     async def _run(self) -> None:
-        delay = 0.0
+        failures = 0
         while not self._stopping.is_set():
             if not self._buf:
                 self._wake.clear()
                 if self._link.down:
-                    delay = await self._ping(delay)  # someone else found Redis gone: say when it is back
+                    failures = await self._ping(failures)  # someone else found Redis gone: say when it is back
                 elif not self._buf:
                     await self._wake.wait()
                 continue
@@ -275,11 +278,12 @@ class RedisEventStream:
                         self._down_since is None):
                     self._down_since = time.monotonic()
                     self._late = 0
-                delay = min(BACKOFF_CAP_S, max(0.05, delay * 2))
+                pause = BACKOFF.compute(failures)
+                failures += 1
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), delay)
+                    await asyncio.wait_for(self._stopping.wait(), pause)
                 continue
-            delay = 0.0
+            failures = 0
             self._inflight_hi = 0
             self._maybe_lost = 0
             last = batch[-1].n
@@ -302,8 +306,9 @@ class RedisEventStream:
             self._link.ok(f" after {gone:.1f} s; wrote {self._late} held events late")
             self._down_since = None
 
-    async def _ping(self, delay: float) -> float:
-        """While the link is down and nothing is held: one PING, then the next backoff (0 once it answered)."""
+    async def _ping(self, failures: int) -> int:
+        """While the link is down and nothing is held: one PING, then the next backoff; the failures in a row now
+        (0 once it answered)."""
         assert self._client is not None
         try:
             await self._client.ping()
@@ -311,12 +316,11 @@ class RedisEventStream:
             raise
         except Exception as e:
             self._link.failed(e)
-            delay = min(BACKOFF_CAP_S, max(0.05, delay * 2))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), delay)  # an event to hold ends the pause early
-            return delay
+            with contextlib.suppress(TimeoutError):  # an event to hold ends the pause early
+                await asyncio.wait_for(self._wake.wait(), BACKOFF.compute(failures))
+            return failures + 1
         self._back()
-        return 0.0
+        return 0
 
     def _take(self) -> list[_Item]:
         run = self._buf[0].run

@@ -8,10 +8,10 @@ import contextlib
 import json
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from cachetools import FIFOCache
 from mitmproxy import ctx, exceptions, flowfilter, hooks, http
 
 from addon.capture import images, recognise
@@ -33,6 +33,7 @@ MAX_IMAGE_BODY = 8 * 1024 * 1024
 MAX_JSON_BODY = recognise.MAX_JSON_BODY
 TICK_SECONDS = 0.25
 MAX_REMEMBERED_CHALLENGES = 20_000
+"""Each table below keeps this many entries, the least recently written out first (a read does not keep one)."""
 FLOW_MARK = ":jigsaw:"
 
 
@@ -65,10 +66,10 @@ class CaptchaCapture:
         self.matchers = _Matchers()
         self.hold = False
         self.bad_input = RateLimitedLog(logger)
-        self.challenges: OrderedDict[str, tuple[str, Kind]] = OrderedDict()
-        self.newest_solved: OrderedDict[str, str] = OrderedDict()
-        self.newest_captured: OrderedDict[str, str] = OrderedDict()
-        self.captured_ids: OrderedDict[str, str] = OrderedDict()
+        self.challenges: FIFOCache[str, tuple[str, Kind]] = FIFOCache(MAX_REMEMBERED_CHALLENGES)
+        self.newest_solved: FIFOCache[str, str] = FIFOCache(MAX_REMEMBERED_CHALLENGES)
+        self.newest_captured: FIFOCache[str, str] = FIFOCache(MAX_REMEMBERED_CHALLENGES)
+        self.captured_ids: FIFOCache[str, str] = FIFOCache(MAX_REMEMBERED_CHALLENGES)
         self._held: dict[str, asyncio.Future[ev.Event]] = {}
         self._held_flows: dict[str, asyncio.Future[ev.Event]] = {}
         self._challenge_flows: dict[str, list[http.HTTPFlow]] = {}
@@ -170,7 +171,7 @@ class CaptchaCapture:
         in_scope = [c for c in announced if c.kind is not None]
         self._comment(flow, "captcha get: " + ", ".join(f"{c.mode} {c.id}" for c in announced))
         for c in in_scope:
-            self._remember(c.id, client, c.kind)  # type: ignore[arg-type]
+            self.challenges[c.id] = (client, c.kind)  # type: ignore[assignment]
         self._handle(self.assembler.announce(client, announced, self.clock()), flow)
 
     async def _on_image(self, flow: http.HTTPFlow, response: http.Response, key: str, announced: bool) -> None:
@@ -243,12 +244,6 @@ class CaptchaCapture:
             service=answered.service if answered else None, cached=answered.cached if answered else False,
         ))
 
-    def _remember(self, challenge_id: str, client: str, kind: Kind) -> None:
-        self.challenges[challenge_id] = (client, kind)
-        self.challenges.move_to_end(challenge_id)
-        if len(self.challenges) > MAX_REMEMBERED_CHALLENGES:
-            self.challenges.popitem(last=False)
-
     def _handle(self, outcomes: Sequence[Outcome], flow: http.HTTPFlow | None) -> None:
         for outcome in outcomes:
             if isinstance(outcome, Captured):
@@ -266,9 +261,9 @@ class CaptchaCapture:
     def _captured(self, c: Captured, flow: http.HTTPFlow | None) -> None:
         if c.challenge_id in self.captured_ids:
             return
-        _bump(self.captured_ids, c.challenge_id, c.client)
-        self._remember(c.challenge_id, c.client, c.kind)
-        _bump(self.newest_captured, c.client, c.challenge_id)
+        self.captured_ids[c.challenge_id] = c.client
+        self.challenges[c.challenge_id] = (c.client, c.kind)
+        self.newest_captured[c.client] = c.challenge_id
         event = self.bus.emit(ev.Captured(
             client=c.client, challenge=c.challenge_id, kind=str(c.kind), images=ev.image_fields(c.images),
             source=c.source, tip_y=c.tip_y, verify_id=c.verify_id, question=c.question,
@@ -286,7 +281,7 @@ class CaptchaCapture:
         if not isinstance(event, ev.Solved | ev.Failed):
             return
         if isinstance(event, ev.Solved):
-            _bump(self.newest_solved, event.client, event.challenge)
+            self.newest_solved[event.client] = event.challenge
         held = self._held.pop(event.challenge, None)
         if held is not None and not held.done():
             held.set_result(event)
@@ -318,13 +313,6 @@ def _bodies(parts: dict[images.Role, ImagePart]) -> dict[str, tuple[bytes, str]]
 
 def _verification_host(host: str) -> bool:
     return recognise.VERIFICATION_HOST.search(host) is not None
-
-
-def _bump(table: OrderedDict[str, str], client: str, challenge: str) -> None:
-    table[client] = challenge
-    table.move_to_end(client)
-    if len(table) > MAX_REMEMBERED_CHALLENGES:
-        table.popitem(last=False)
 
 
 def _short_url(flow: http.HTTPFlow) -> str:

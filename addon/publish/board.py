@@ -1,10 +1,11 @@
-"""The in-memory record of recent events behind the HTTP API, with waiters for answers that are not final yet."""
+"""The in-memory record of recent events behind the HTTP API, with waiters for answers that are not final yet
+(the counts of events are the tally's, `tally.py`)."""
 
 from __future__ import annotations
 
 import asyncio
 import bisect
-from collections import Counter, OrderedDict, deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
 from addon.publish.events import Event
@@ -22,15 +23,13 @@ class _ClientBoard:
     newest_captured: str | None = None
     finals_by_challenge: dict[str, Event] = field(default_factory=dict)
     waiters: set[asyncio.Future[None]] = field(default_factory=set)
-    counts: Counter[str] = field(default_factory=Counter)
-    failed_reasons: Counter[str] = field(default_factory=Counter)
 
 
 class Board:
     def __init__(self) -> None:
         self.events: deque[Event] = deque(maxlen=MAX_EVENTS)
-        self.counts: Counter[str] = Counter()
-        self.failed_reasons: Counter[str] = Counter()
+        # By hand rather than cachetools' LRUCache: a forgotten client's waiters are woken, and the API's reads do
+        # not count as seeing a client (only its events and its own waits do).
         self._clients: OrderedDict[str, _ClientBoard] = OrderedDict()
 
     def _client(self, client: str) -> _ClientBoard:
@@ -46,16 +45,8 @@ class Board:
 
     def add(self, event: Event) -> None:
         self.events.append(event)
-        name = event.name
-        self.counts[name] += 1
-        reason = getattr(event, "reason", None) if name == "failed" else None
-        if reason is not None:
-            self.failed_reasons[reason] += 1
         board = self._client(event.client)
-        board.counts[name] += 1
-        if reason is not None:
-            board.failed_reasons[reason] += 1
-        if name == "captured":
+        if event.name == "captured":
             board.newest_captured = event.challenge
         elif event.final:
             board.finals.append(event)
@@ -68,10 +59,6 @@ class Board:
 
     def knows(self, client: str) -> bool:
         return client in self._clients
-
-    def client_counts(self, client: str) -> tuple[Counter[str], Counter[str]]:
-        board = self._clients.get(client)
-        return (board.counts, board.failed_reasons) if board else (Counter(), Counter())
 
     def latest_final(self, client: str) -> Event | None:
         board = self._clients.get(client)

@@ -1,5 +1,5 @@
 """The dashboard's side of the API: the page and its files, `/metrics`, and each challenge's images and drawn
-answer from a bounded store. One outlet feeds the metrics and the store from the bus.
+answer from a bounded store, which one outlet feeds from the bus (the metrics read the tally).
 
 A challenge's files are served under two URLs: `/v1/challenges/<id>/images/<role>` (percent-encoded parts) and
 `/v1/challenges/images?challenge=<id>&role=<role>`. The page uses the second: ids come from the traffic, and a
@@ -17,6 +17,7 @@ from addon.publish import events as ev
 from addon.publish.http_api import ApiHandler, ApiRequest, ApiResponse
 from addon.publish.image_store import ImageStore
 from addon.publish.metrics import Metrics
+from addon.publish.tally import Tally
 
 DEFAULT_CHALLENGES = 500
 DEFAULT_MB = 64
@@ -25,10 +26,10 @@ IMAGE_HEADERS = {"X-Content-Type-Options": "nosniff"}
 
 
 class Dashboard:
-    def __init__(self, *, in_flight: Callable[[], int], waiting: Callable[[], int],
+    def __init__(self, tally: Tally, *, in_flight: Callable[[], int], waiting: Callable[[], int],
                  balance: Callable[[], dict[str, Any]]):
         self.images = ImageStore(DEFAULT_CHALLENGES, DEFAULT_MB * 1024 * 1024)
-        self.metrics = Metrics(in_flight=in_flight, waiting=waiting, balance=balance)
+        self.metrics = Metrics(tally, in_flight=in_flight, waiting=waiting, balance=balance)
 
     def register(self, handler: ApiHandler) -> None:
         handler.routes["/"] = self._page
@@ -42,8 +43,7 @@ class Dashboard:
         handler.public_prefixes.add("/dashboard/")
 
     def __call__(self, event: ev.Event) -> None:
-        """The bus outlet: counts every event, and keeps each answer beside its images."""
-        self.metrics.observe(event.to_json())
+        """The bus outlet: keeps each answer beside its images."""
         if isinstance(event, ev.Solved):
             self.images.set_answer(event.challenge, event.answer.to_json(), event.kind)
 

@@ -49,6 +49,8 @@ class ImageStore:
         self.max_challenges = max_challenges
         self.max_bytes = max_bytes
         self.bytes_used = 0
+        # By hand rather than cachetools: an entry grows after it is stored (parts one by one, the drawn answer
+        # later) and both bounds follow options changed at run time; a cachetools cache sizes an item when it is set.
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._lock = threading.Lock()
 

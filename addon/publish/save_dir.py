@@ -77,7 +77,8 @@ class SaveDir:
         self.bytes_used = 0
         """Bytes in the folders the worker knows of (the worker's thread writes it)."""
         self._folders: OrderedDict[str, int] = OrderedDict()
-        """``YYYYMMDD/name`` -> bytes, oldest first."""
+        """``YYYYMMDD/name`` -> bytes, oldest first. By hand rather than cachetools: a folder's size is known once
+        written and grows with later events, and evicting one deletes it from the disk."""
         self._by_name: dict[str, str] = {}
         self._queue: queue.Queue[tuple[str, dict[str, Any], Mapping[str, bytes]] | None] = queue.Queue(queue_size)
         self._closed = False

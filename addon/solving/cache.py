@@ -43,6 +43,8 @@ class AnswerCache:
         self.max_entries = max_entries
         self.ttl = ttl
         self.clock = clock
+        # By hand rather than cachetools' TTLCache: both bounds are options changed at run time (a lowered ttl
+        # applies at once to what is kept), where a cachetools cache fixes its maxsize and ttl when it is made.
         self._answers: OrderedDict[str, CachedAnswer] = OrderedDict()
         self._wrong: OrderedDict[str, dict[str, int]] = OrderedDict()
         """Image set -> service -> the number of the rejection that marked it wrong."""
