@@ -480,9 +480,9 @@ async def test_solve_shared_solves_once_and_takes_over_from_a_dead_owner(redis_s
         return solve
 
     # the same images on two proxies: one solve, both get its answer
-    one = asyncio.create_task(solve_shared(a, "same", "A", 5, solver("A"), claim_ttl=1))
+    one = asyncio.create_task(solve_shared(a, "same", "A", 5, solver("A"), claim_ttl=3))
     await until(lambda: calls == ["A"], "A to start solving")
-    two = asyncio.create_task(solve_shared(b, "same", "B", 5, solver("B"), claim_ttl=1))
+    two = asyncio.create_task(solve_shared(b, "same", "B", 5, solver("B"), claim_ttl=3))
     async def b_waits() -> bool:
         subscribed = await c.redis.pubsub_numsub(c.keys.answer("same"))
         return bool(subscribed[0][1])
