@@ -7,6 +7,7 @@ import io
 import random
 import struct
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -251,6 +252,14 @@ def test_fit_logistic_recovers_known_weights() -> None:
     y = (rng.random(4000) < p).astype(float)
     w = eval_local.fit_logistic(x, y, l2=1e-6)
     assert np.allclose(w, [0.5, 2.0, -1.0], atol=0.2)
+
+
+def test_evalset_kit_batch_keeps_the_3d_pictures_as_slide_negatives(tmp_path: Path) -> None:
+    w = evalset.Writer(tmp_path)
+    evalset.kit_batch(w, 3, 2, "tune")
+    negatives = [i for i in w.items if i["source"] == "kit-3d"]
+    assert negatives and all(i["gap_x"] is None for i in negatives)
+    assert all((tmp_path / f).is_file() for i in negatives for f in i["files"].values())
 
 
 def test_eval_local_help(capsys: pytest.CaptureFixture[str]) -> None:
