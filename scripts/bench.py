@@ -56,6 +56,7 @@ import argparse
 import asyncio
 import contextlib
 import datetime
+import functools
 import gc
 import importlib.util
 import json
@@ -169,11 +170,12 @@ def expected_keys(s: Settings, sections: Sequence[str] = SECTIONS) -> list[str]:
             keys += [f"latency.n{n}.{name}_{q}" for q in ("p50", "p99")
                      for name in ("to_event", "to_answer", "service", "net")]
     if "local" in sections:
-        for n in LOCAL_LEVELS:
-            keys.append(f"local.n{n}.solved_share")
-            keys += [f"local.n{n}.{name}_{q}" for q in ("p50", "p99") for name in ("to_event", "to_answer")]
-            keys += [f"local.n{n}.looplag_max", f"local.n{n}.looplag_busy"]
-        keys += ["local.control.looplag_max", "local.control.looplag_busy"]
+        for prefix in LOCAL_GROUPS:
+            for n in LOCAL_LEVELS:
+                keys.append(f"{prefix}.n{n}.solved_share")
+                keys += [f"{prefix}.n{n}.{name}_{q}" for q in ("p50", "p99") for name in ("to_event", "to_answer")]
+                keys += [f"{prefix}.n{n}.looplag_max", f"{prefix}.n{n}.looplag_busy"]
+            keys += [f"{prefix}.control.looplag_max", f"{prefix}.control.looplag_busy"]
     if "outlets" in sections:
         keys += [f"outlets.{name}" for name in ("bus_default", "bus_streams_1", "bus_streams_10", "tally_observe",
                                                 "dashboard")]
@@ -951,8 +953,10 @@ async def _one_challenge(dev: Device, mode: str, after: int, level: int) -> Samp
     return sample
 
 
-async def _latency_level(proxy: MitmdumpProcess, n: int, rounds: int, first_ip: int,
-                         level_index: int) -> tuple[list[Sample], float, float]:
+async def _latency_level(proxy: MitmdumpProcess, n: int, rounds: int, first_ip: int, level_index: int,
+                         modes: Sequence[str] = ("whirl", "slide")) -> tuple[list[Sample], float, float]:
+    """``rounds`` rounds of ``n`` devices at once, each with one challenge of ``modes`` (in turn across devices,
+    rounds and levels)."""
     fleet = Fleet(n, proxy.proxy_url, proxy.ca_path, first=first_ip, timeout=60.0)
     samples: list[Sample] = []
     last_seq = {d.ip: 0 for d in fleet}
@@ -968,7 +972,7 @@ async def _latency_level(proxy: MitmdumpProcess, n: int, rounds: int, first_ip: 
         t_start = time.time()
         for r in range(rounds):
             batch = await asyncio.gather(*(
-                _one_challenge(d, ("whirl", "slide")[(i + r + level_index) % 2], last_seq[d.ip], n)
+                _one_challenge(d, modes[(i + r + level_index) % len(modes)], last_seq[d.ip], n)
                 for i, d in enumerate(fleet)))
             for smp in batch:
                 if smp.event is not None:
@@ -1048,9 +1052,10 @@ def _read_looplag(path: Path, t_start: float, t_end: float) -> Json:
     }
 
 
-async def _burst(proxy: MitmdumpProcess, n: int, first_ip: int) -> tuple[float, float]:
+async def _burst(proxy: MitmdumpProcess, n: int, first_ip: int,
+                 modes: Sequence[str] = ("whirl", "slide")) -> tuple[float, float]:
     """The traffic of the largest latency level without the solving: ``n`` warmed-up devices each fetch a
-    challenge and its images at once."""
+    challenge of ``modes`` (in turn) and its images at once."""
     fleet = Fleet(n, proxy.proxy_url, proxy.ca_path, first=first_ip, timeout=60.0)
     try:
         async def warm(d: Device) -> None:
@@ -1063,7 +1068,7 @@ async def _burst(proxy: MitmdumpProcess, n: int, first_ip: int) -> tuple[float, 
         await asyncio.gather(*(warm(d) for d in fleet))
         await asyncio.sleep(0.5)
         t_start = time.time()
-        await asyncio.gather(*(one(d, ("whirl", "slide")[i % 2]) for i, d in enumerate(fleet)))
+        await asyncio.gather(*(one(d, modes[i % len(modes)]) for i, d in enumerate(fleet)))
         return t_start, time.time()
     finally:
         await fleet.aclose()
@@ -1149,71 +1154,118 @@ def bench_latency(s: Settings, report: Report, origin: ChildOrigin, fake_url: st
 # -- local solver: answers without a key ----------------------------------------------------------------------------
 
 LOCAL_LEVELS = (1, 20)
+LOCAL_GROUPS: dict[str, tuple[str, ...]] = {"local": ("whirl", "slide"), "local.3d": ("3d",)}
+"""Key prefix -> the modes its challenges take in turn. 3d runs apart from rotate and slide (its model costs far
+more per solve than theirs), so each has its own latencies and loop stalls."""
 
 
-def bench_local(s: Settings, report: Report, origin: ChildOrigin, work: Path) -> None:
+def local_rounds(s: Settings) -> dict[int, int]:
+    """Devices at once -> rounds, per group of the local section."""
+    return {1: 3, 20: 1} if s.quick else {1: 40, 20: 3}
+
+
+def local_manifest(manifest_dir: Path, directory: Path, s: Settings) -> Json:
+    """The shared manifest plus one real labelled 3d picture (`../shared/samples/3d-train`, one per source
+    picture, its own JPEG bytes) per 3d challenge the section runs: the origin hands them out in turn, and a
+    picture seen twice would be answered from the addon's cache. The generated 3d scenes have no truth and look
+    less real; they are dropped. Without the samples there are no 3d challenges (their figures are missing)."""
+    from tests.kit import synth
+
+    shutil.copytree(manifest_dir, directory)
+    if (synth.SAMPLES_3D / "labels.json").exists():
+        count = sum(n * rounds for n, rounds in local_rounds(s).items())
+        synth.add_object_challenges(directory, real_3d=[(name, "jpeg") for name in synth.real_3d_names(count)])
+    manifest: Json = json.loads((directory / "manifest.json").read_text())
+    return manifest
+
+
+def bench_local(s: Settings, report: Report, origin: ChildOrigin, work: Path, modes: dict[str, int]) -> None:
     """Capture to answer with the embedded solver (no key, no service), and the event loop's longest stall while
     it solves: the solves run in worker processes, so the loop should not feel them. Timed from the moment the
-    workers are warm, as in a proxy that runs before its devices come."""
+    workers are warm, as in a proxy that runs before its devices come. Rotate and slide first, then 3d, each at
+    every level; ``modes`` counts the origin's challenges per mode (3d needs the real samples)."""
     looplag = work / "looplag-local.jsonl"
     proxy = MitmdumpProcess([ADDON_SCRIPT, LOOPLAG_SCRIPT], origin=(origin.http_port, origin.https_port),
                             workdir=work / "local", options={
                                 "flow_detail": 0, "captcha_solvers": "local",
                                 "captcha_sidecar": str(work / "local.jsonl"), "looplag_file": str(looplag)})
+    groups = {prefix: kinds for prefix, kinds in LOCAL_GROUPS.items() if all(modes.get(m) for m in kinds)}
+    for prefix in LOCAL_GROUPS.keys() - groups.keys():
+        report.notes.append(f"local: no {'/'.join(LOCAL_GROUPS[prefix])} challenges (the real 3d samples sit in "
+                            f"../shared/samples/3d-train): the {prefix}.* figures are missing")
     proxy.start()
-    details: Json = {"levels": {}}
-    rounds = {1: 3 if s is QUICK else 40, 20: 1 if s is QUICK else 3}
+    details: Json = {prefix: {"modes": list(kinds), "levels": {}} for prefix, kinds in groups.items()}
+    rounds = local_rounds(s)
     first_ip = 2
     try:
         proxy.wait_for_log("worker processes started and warmed up", timeout=120)
-        for index, n in enumerate(LOCAL_LEVELS):
-            samples, t_start, t_end = asyncio.run(_latency_level(proxy, n, rounds[n], first_ip, index))
-            time.sleep(0.5)
-            first_ip += n
-            summary = _level_summary(samples)
-            summary["looplag"] = _read_looplag(looplag, t_start, t_end)
-            details["levels"][str(n)] = summary
-            log(f"local N={n}: {summary['solved']}/{summary['challenges']} solved, answer p50 "
-                f"{summary['to_answer_ms']['p50']:.1f} ms, loop lag max {summary['looplag']['max_ms']:.1f} ms")
+        for prefix, kinds in groups.items():
+            for index, n in enumerate(LOCAL_LEVELS):
+                samples, t_start, t_end = asyncio.run(_latency_level(proxy, n, rounds[n], first_ip, index, kinds))
+                time.sleep(0.5)
+                first_ip += n
+                summary = _level_summary(samples)
+                summary["looplag"] = _read_looplag(looplag, t_start, t_end)
+                details[prefix]["levels"][str(n)] = summary
+                log(f"{prefix} N={n}: {summary['solved']}/{summary['challenges']} solved, answer p50 "
+                    f"{summary['to_answer_ms']['p50']:.1f} ms, loop lag max {summary['looplag']['max_ms']:.1f} ms")
     finally:
         proxy.stop()
-    details["control"] = _local_control(origin, work, max(LOCAL_LEVELS), first_ip)
-    log(f"local control, N={max(LOCAL_LEVELS)} without the addon: loop lag max {details['control']['max_ms']:.1f} ms, "
-        f"busy {details['control']['max_busy_ms']:.1f} ms")
+    controls = _local_control(origin, work, max(LOCAL_LEVELS), first_ip, groups)
+    for prefix, control in controls.items():
+        details[prefix]["control"] = control
+        log(f"{prefix} control, N={max(LOCAL_LEVELS)} without the addon: loop lag max {control['max_ms']:.1f} ms, "
+            f"busy {control['max_busy_ms']:.1f} ms")
     report.details["local"] = details
-    for n_text, summary in details["levels"].items():
-        key, lbl = f"local.n{n_text}", f"local solver, N={n_text}"
-        report.add(f"{key}.solved_share", f"{lbl}: share of challenges solved",
-                   summary["solved"] / summary["challenges"] if summary["challenges"] else math.nan, "", ">= 1",
-                   "bench")
-        for q in ("p50", "p99"):
-            report.add(f"{key}.to_event_{q}", f"{lbl}: last image -> solved event, {q}", summary["to_event_ms"][q],
-                       "ms")
-            goal = ("< 150", "brief") if (q, n_text) in (("p50", "1"), ("p99", "20")) else ("", "")
-            report.add(f"{key}.to_answer_{q}", f"{lbl}: last image -> answer at the client, {q}",
-                       summary["to_answer_ms"][q], "ms", *goal)
-        goal = ("<= 10", "brief") if n_text == "20" else ("", "")
-        report.add(f"{key}.looplag_max", f"{lbl}: longest event-loop stall", summary["looplag"]["max_ms"], "ms",
-                   *goal)
-        report.add(f"{key}.looplag_busy", f"{lbl}: most CPU the loop's thread spent between two wake-ups",
-                   summary["looplag"]["max_busy_ms"], "ms")
-    control = details["control"]
-    lbl = f"control: the same {control['devices']} devices' gets and images, no addon"
-    report.add("local.control.looplag_max", f"{lbl}: longest event-loop stall", control["max_ms"], "ms")
-    report.add("local.control.looplag_busy", f"{lbl}: most CPU between two wake-ups", control["max_busy_ms"], "ms")
+    for prefix, kinds in LOCAL_GROUPS.items():
+        group = details.get(prefix, {"levels": {}, "control": {"devices": max(LOCAL_LEVELS)}})
+        what = "local solver" if prefix == "local" else f"local solver, {'/'.join(kinds)}"
+        for n in LOCAL_LEVELS:
+            summary = group["levels"].get(str(n))
+            key, lbl = f"{prefix}.n{n}", f"{what}, N={n}"
+            value = functools.partial(_summary_figure, summary)
+            share = summary["solved"] / summary["challenges"] if summary and summary["challenges"] else math.nan
+            report.add(f"{key}.solved_share", f"{lbl}: share of challenges solved", share, "", ">= 1", "bench")
+            for q in ("p50", "p99"):
+                report.add(f"{key}.to_event_{q}", f"{lbl}: last image -> solved event, {q}", value("to_event_ms", q),
+                           "ms")
+                goal = ("< 150", "brief") if (q, n) in (("p50", 1), ("p99", 20)) else ("", "")
+                report.add(f"{key}.to_answer_{q}", f"{lbl}: last image -> answer at the client, {q}",
+                           value("to_answer_ms", q), "ms", *goal)
+            goal = ("<= 10", "brief") if n == 20 else ("", "")
+            report.add(f"{key}.looplag_max", f"{lbl}: longest event-loop stall", value("looplag", "max_ms"), "ms",
+                       *goal)
+            report.add(f"{key}.looplag_busy", f"{lbl}: most CPU the loop's thread spent between two wake-ups",
+                       value("looplag", "max_busy_ms"), "ms")
+        control = group["control"]
+        lbl = f"control: the same {control['devices']} devices' {'/'.join(kinds)} gets and images, no addon"
+        report.add(f"{prefix}.control.looplag_max", f"{lbl}: longest event-loop stall",
+                   control.get("max_ms", math.nan), "ms")
+        report.add(f"{prefix}.control.looplag_busy", f"{lbl}: most CPU between two wake-ups",
+                   control.get("max_busy_ms", math.nan), "ms")
 
 
-def _local_control(origin: ChildOrigin, work: Path, n: int, first_ip: int) -> Json:
-    """The loop's stalls under the same burst of devices through mitmdump without the addon: what the proxy itself
-    costs, which no solver can take away."""
+def _summary_figure(summary: Json | None, name: str, q: str) -> float:
+    """``summary[name][q]``, NaN for a level that did not run."""
+    return float(summary[name][q]) if summary is not None else math.nan
+
+
+def _local_control(origin: ChildOrigin, work: Path, n: int, first_ip: int,
+                   groups: dict[str, tuple[str, ...]]) -> dict[str, Json]:
+    """Per group, the loop's stalls under the same burst of devices through mitmdump without the addon: what the
+    proxy itself costs, which no solver can take away."""
     looplag = work / "looplag-local-control.jsonl"
     proxy = MitmdumpProcess([LOOPLAG_SCRIPT], origin=(origin.http_port, origin.https_port),
                             workdir=work / "local-control", options={"flow_detail": 0, "looplag_file": str(looplag)})
     proxy.start()
+    out: dict[str, Json] = {}
     try:
-        t_start, t_end = asyncio.run(_burst(proxy, n, first_ip))
-        time.sleep(0.5)
-        return {"devices": n, "seconds": t_end - t_start, **_read_looplag(looplag, t_start, t_end)}
+        for prefix, kinds in groups.items():
+            t_start, t_end = asyncio.run(_burst(proxy, n, first_ip, kinds))
+            time.sleep(0.5)
+            first_ip += n
+            out[prefix] = {"devices": n, "seconds": t_end - t_start, **_read_looplag(looplag, t_start, t_end)}
+        return out
     finally:
         proxy.stop()
 
@@ -1470,8 +1522,10 @@ def run(s: Settings, sections: set[str], work: Path) -> Report:
                 log(f"latency: {time.monotonic() - t:.1f} s")
     if "local" in sections:
         t = time.monotonic()
-        with ChildOrigin("testkit", manifest_dir, work / "origin-local") as origin:
-            bench_local(s, report, origin, work)
+        local_dir = work / "manifest-local"
+        local_modes = count_modes(local_manifest(manifest_dir, local_dir, s))
+        with ChildOrigin("testkit", local_dir, work / "origin-local") as origin:
+            bench_local(s, report, origin, work, local_modes)
         log(f"local: {time.monotonic() - t:.1f} s")
     if "outlets" in sections:
         t = time.monotonic()

@@ -14,7 +14,8 @@ mapping and the thresholds were fitted; its accuracy is printed on one line for 
 - time per solve (decode included) on one core: ``cv2.setNumThreads(1)`` and the process pinned to one CPU.
 
 ``--fit`` fits the logistic confidence mappings on the tune split and prints the constants to paste into
-``rotate.py``/``slide.py``.
+``rotate.py``/``slide.py``; the background-only one on both its paths (with and without tip_y), its bias then
+shifted so that the tune answers at 0.5 or more are ``GAP_RIGHT`` (99 %) right.
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ SLIDE_TOLERANCE = 3.0
 DEFAULT_THRESHOLD = 0.5
 LOW_CONFIDENCE = 0.2
 BINS = (0.0, 0.2, 0.4, 0.6, 0.8, 0.9, 1.0001)
+GAP_RIGHT = 0.99
+"""Share right that the background-only confidence's 0.5 is fitted to on the tune split."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,8 +108,10 @@ def run_items(root: Path, items: Iterable[dict[str, Any]]) -> list[Outcome]:
                 truth = item["gap_x"]
                 err = abs(s.x - truth) if s is not None and truth is not None else None
                 group = f"{source}/{item.get('style', 'kit')}" + ("/offset" if item.get("shape_offset") else "")
+                features = () if s is None else (s.margin, s.score) if s.with_piece else (
+                    s.margin, s.score, s.stroke)
                 out.append(Outcome(split, path, group, err is not None and err <= SLIDE_TOLERANCE, err,
-                                   s.confidence if s else None, refused, dt, (s.margin, s.score) if s else ()))
+                                   s.confidence if s else None, refused, dt, features))
         elif item["solver"] == "rotate":
             r, dt, refused = _timed(partial(_rotate, files))
             out.append(Outcome(split, "bad", source, False, None, r.confidence if r else None, refused, dt, ()))
@@ -270,16 +275,36 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1.0) -> np.ndarray:
     return raw
 
 
+def shift_to_right_share(w: np.ndarray, x: np.ndarray, y: np.ndarray, target: float) -> np.ndarray:
+    """`w` with its bias moved so that 0.5 is where the answers start being `target` right: the largest set of
+    the most confident answers of which that share is right (none, when no such set exists)."""
+    z = w[0] + x @ w[1:]
+    order = np.argsort(-z)
+    share = np.cumsum(y[order]) / np.arange(1, len(y) + 1)
+    ok = np.nonzero(share >= target)[0]
+    cut = float(z[order][ok.max()]) if ok.size else float(z.max()) + 1.0
+    out = w.copy()
+    out[0] -= cut - 1e-6
+    return out
+
+
 def fit(outcomes: list[Outcome]) -> str:
+    """The logistic mappings of the confidence, fitted on the tune split. The background-only one serves both its
+    paths (with and without tip_y), so it is fitted on both; it also has many sure wrong answers to learn from
+    (a gap-like shape of the picture), so its bias is shifted to make 0.5 mean GAP_RIGHT right on tune."""
     tune = [o for o in outcomes if o.split == "tune" and o.features]
     lines = []
-    for path, name in (("rotate", "rotate.CONF_BIAS, CONF_MARGIN, CONF_COST"), ("slide+piece", "slide.PIECE_CONF"),
-                       ("slide-gap", "slide.GAP_CONF")):
-        rows = [o for o in tune if o.path == path]
+    for paths, name in ((("rotate",), "rotate.CONF_BIAS, CONF_MARGIN, CONF_COST"),
+                        (("slide+piece",), "slide.PIECE_CONF"), (("slide-gap", "slide-gap-notip"), "slide.GAP_CONF")):
+        rows = [o for o in tune if o.path in paths]
         x = np.array([o.features for o in rows], float)
         y = np.array([o.correct for o in rows], float)
         w = fit_logistic(x, y)
-        lines.append(f"{name} = {', '.join(f'{v:.3f}' for v in w)}   # n={len(rows)}, correct={int(y.sum())}")
+        if name == "slide.GAP_CONF":
+            w = shift_to_right_share(w, x, y, GAP_RIGHT)
+        answered = (w[0] + x @ w[1:]) >= 0
+        lines.append(f"{name} = {', '.join(f'{v:.3f}' for v in w)}   # n={len(rows)}, correct={int(y.sum())}, "
+                     f"answered at 0.5: {int(answered.sum())}, of them correct: {int(y[answered].sum())}")
     return "\n".join(lines)
 
 

@@ -450,7 +450,7 @@ def kit_batch(w: Writer, seed: int, count: int, split: str) -> None:
     for t in manifest.threeds():
         piece = next(f"{sub}/{s.images['piece'].file}" for s in manifest.slides())
         item: dict[str, Any] = {"id": f"{sub}-{t.id[:10]}", "split": split, "source": "kit-3d",
-                                "files": {"background": f"{sub}/{t.images['background'].file}", "piece": piece}}
+                                "files": {"background": f"{sub}/{t.images['image'].file}", "piece": piece}}
         if split == "eval":
             item.update({"kind": "bad", "solver": "slide"})
         else:

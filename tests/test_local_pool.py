@@ -127,3 +127,27 @@ async def test_the_workers_start_and_warm_up_once_however_often_the_solvers_are_
         assert isinstance(solver, LocalSolver) and builds == [1]
         solver.pool._executor = None
         solver.pool._closed = True
+
+
+def test_the_warm_up_runs_every_kind_once_3d_included(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process: each kind's whole solve runs once on made-up pictures, so the first challenge of every kind (3d
+    too: its first pass through the network costs about 150 ms) finds the worker set up."""
+    from addon.solving.vision import objects3d, rotate, slide, warmup
+    from addon.solving.vision.common import decode
+
+    calls: list[tuple[str, Any]] = []
+
+    def spy(name: str, fn: Any) -> Any:
+        def wrapped(*args: Any) -> Any:
+            calls.append((name, args))
+            return fn(*args)
+        return wrapped
+
+    monkeypatch.setattr(warmup, "solve_rotate", spy("rotate", rotate.solve_rotate))
+    monkeypatch.setattr(warmup, "solve_slide", spy("slide", slide.solve_slide))
+    monkeypatch.setattr(objects3d, "solve_3d", spy("3d", objects3d.solve_3d))
+    assert warmup.warm_up() is True
+    assert [name for name, _ in calls] == ["rotate", "rotate", "slide", "slide", "3d"]
+    (picture,) = calls[-1][1]
+    decoded = decode(picture, "3d image")
+    assert (decoded.width, decoded.height) == (552, 344)

@@ -7,6 +7,7 @@ import io
 import random
 import struct
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -142,6 +143,26 @@ def test_slide_on_a_real_photo(real_pairs: list[evalset.RealPair]) -> None:
     assert abs(alone.value - 333) <= 3
 
 
+@pytest.mark.parametrize("seed", [0, 5])
+def test_background_only_confidence_weighs_the_gaps_white_stroke(seed: int) -> None:
+    """The same darkened gap with and without the white stroke real slides draw round it: found either way, but
+    without the stroke the answer is much less sure (a dark shape of the picture steps as uniformly)."""
+    from addon.solving.vision.slide import analyse
+
+    rng = random.Random(seed)
+    scene = synth.picture(rng, synth.BG_SIZE, (0.3, 0.6))
+    mask = synth.piece_mask(rng)
+    with_stroke, _ = synth.slide_images(scene, 250, 120, mask)
+    tile = scene.crop((250, 120, 360, 230))
+    without = scene.copy()
+    without.paste(Image.blend(tile, Image.new("RGB", tile.size, (10, 10, 10)), 0.55), (250, 120), mask)
+    stroked = analyse(encode(with_stroke, "JPEG", quality=85), None, 120)
+    plain = analyse(encode(without, "JPEG", quality=85), None, 120)
+    assert abs(stroked.x - 250) <= 3 and abs(plain.x - 250) <= 3
+    assert stroked.stroke > 0.2 > 0.1 > plain.stroke
+    assert stroked.confidence >= 0.9 and plain.confidence < stroked.confidence - 0.2
+
+
 def test_piece_without_alpha_falls_back_to_the_background(kit: synth.Manifest) -> None:
     s = kit.slides()[1]
     opaque = encode(Image.open(kit.file(s.images["piece"])).convert("RGB"))
@@ -251,6 +272,27 @@ def test_fit_logistic_recovers_known_weights() -> None:
     y = (rng.random(4000) < p).astype(float)
     w = eval_local.fit_logistic(x, y, l2=1e-6)
     assert np.allclose(w, [0.5, 2.0, -1.0], atol=0.2)
+
+
+def test_the_background_only_bias_shift_makes_half_mean_the_target_share_right() -> None:
+    rng = np.random.default_rng(1)
+    x = rng.normal(0, 1, (3000, 1))
+    y = (rng.random(3000) < 1 / (1 + np.exp(-3 * x[:, 0]))).astype(float)
+    w = eval_local.shift_to_right_share(eval_local.fit_logistic(x, y), x, y, 0.99)
+    z = w[0] + x @ w[1:]
+    sure = z >= 0
+    assert y[sure].mean() >= 0.99 and 0.05 < sure.mean() < 0.5
+    # the largest such set: taking in any of the less sure answers brings the share under the target
+    share = np.cumsum(y[np.argsort(-z)]) / np.arange(1, len(y) + 1)
+    assert (share[int(sure.sum()):] < 0.99).all()
+
+
+def test_evalset_kit_batch_keeps_the_3d_pictures_as_slide_negatives(tmp_path: Path) -> None:
+    w = evalset.Writer(tmp_path)
+    evalset.kit_batch(w, 3, 2, "tune")
+    negatives = [i for i in w.items if i["source"] == "kit-3d"]
+    assert negatives and all(i["gap_x"] is None for i in negatives)
+    assert all((tmp_path / f).is_file() for i in negatives for f in i["files"].values())
 
 
 def test_eval_local_help(capsys: pytest.CaptureFixture[str]) -> None:

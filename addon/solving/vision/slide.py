@@ -13,7 +13,8 @@ knobs in the middle) measure that step; the square where the weaker half of the 
 (over the piece's rows; without tip_y over the two likeliest row bands found at half resolution first), then the
 left edge is placed on the strongest vertical edge near it. That edge is the shape's; the answer is the piece
 box's left edge, GAP_BOX_INSET px further left (real 552x344 slides draw the shape 6-7 px inside its 110-px box,
-and the white stroke around the gap moves the strongest edge about 2 px further in).
+and the white stroke around the gap moves the strongest edge about 2 px further in). The confidence weighs that
+stroke too: a dark shape of the picture can step across its outline as uniformly as a gap, but has none.
 """
 
 from __future__ import annotations
@@ -48,16 +49,20 @@ RUNNER_UP_DX = 8
 SQUARE_SIDES = range(28, 41)
 """Sides (half-resolution px) of the gap's square body tried without the piece: 56..80 nominal px."""
 COARSE_BANDS = 2
+"""Without tip_y: row bands found at half resolution that are searched again at full resolution."""
 GAP_BOX_INSET = 9.0
 """From the gap's strongest left edge to the piece box's left edge (nominal px). Measured on 10 real slides: the
 edge found lies 7-11 px right of the box's left edge (the shape's 6-7 px inset plus the stroke)."""
-"""Without tip_y: row bands found at half resolution that are searched again at full resolution."""
+STROKE_REACH = 10
+"""Half the width (nominal px) of the profiles across the found square's sides in which the gap's stroke is looked
+for: the square found lies a few px off the outline."""
 
 # Logistic calibrations fitted on the tune split by `uv run python -m scripts.eval_local --fit`.
 PIECE_CONF = (-3.952, 1.083, 2.401)
 """bias, weight of the margin (standardised units), weight of the grey-level correlation at the answer."""
-GAP_CONF = (-3.189, 7.736, 7.082)
-"""bias, weight of the margin (log-luminance units), weight of the step at the answer."""
+GAP_CONF = (-4.828, 5.995, 3.408, 8.247)
+"""bias, weight of the margin (log-luminance units), weight of the step at the answer, weight of the stroke; the
+bias then shifted so that the tune split's answers at 0.5 or more are 99 % right (`--fit` prints it so)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,11 +74,18 @@ class SlideAnalysis:
     margin: float
     """How far the answer's score stands above the runner-up's (standardised units with the piece, log units
     without)."""
+    stroke: float = 0.0
+    """Without the piece: how much brighter than both its sides the found square's outline is (log-luminance,
+    median of its eight segments). A gap is drawn with a white stroke round it; a dark shape of the picture that
+    steps as uniformly (a tree's crown, a chip on a board) has none."""
 
     @property
     def confidence(self) -> float:
-        bias, w_margin, w_score = PIECE_CONF if self.with_piece else GAP_CONF
-        return clamp01(logistic(bias + w_margin * self.margin + w_score * self.score))
+        if self.with_piece:
+            bias, w_margin, w_score = PIECE_CONF
+            return clamp01(logistic(bias + w_margin * self.margin + w_score * self.score))
+        bias, w_margin, w_score, w_stroke = GAP_CONF
+        return clamp01(logistic(bias + w_margin * self.margin + w_score * self.score + w_stroke * self.stroke))
 
 
 def solve_slide(background: bytes, piece: bytes | None, tip_y: float | None) -> VisionResult:
@@ -223,7 +235,9 @@ def _background_only(bg: Decoded, ty: float | None, scale: float) -> SlideAnalys
     others = [f.step for f, _ in found if f is not best and abs(f.x - best.x) > best.side / 2]
     runner_up = max([best.runner_up, *others])
     x = _refine_left_edge(log_l, best.x, y0 + best.y, best.side) - GAP_BOX_INSET * scale
-    return SlideAnalysis(x=max(0.0, float(x)), with_piece=False, score=best.step, margin=best.step - runner_up)
+    stroke = _stroke(log_l, best.x, y0 + best.y, best.side, max(4, round(STROKE_REACH * scale)))
+    return SlideAnalysis(x=max(0.0, float(x)), with_piece=False, score=best.step, margin=best.step - runner_up,
+                         stroke=stroke)
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,6 +311,26 @@ def _sorted8(values: list[F32]) -> list[F32]:
     for i, j in _NETWORK_8:
         v[i], v[j] = np.minimum(v[i], v[j]), np.maximum(v[i], v[j])
     return v
+
+
+def _stroke(log_l: F32, x: int, y: int, side: int, reach: int) -> float:
+    """The median over the square's eight segments (those of `_square_search`) of the brightest line across its
+    outline less the brighter of the two far ends of the profile (3 px each, `reach` px out and in)."""
+    h, w = log_l.shape
+    seg, inset = max(3, side // 4), 4
+    profiles: list[F32] = []
+    for p in (inset, side - inset - seg):
+        rows, cols = slice(y + p, y + p + seg), slice(x + p, x + p + seg)
+        if x - reach >= 0:
+            profiles.append(log_l[rows, x - reach: x + reach].mean(axis=0))
+        if x + side + reach <= w:
+            profiles.append(log_l[rows, x + side - reach: x + side + reach].mean(axis=0))
+        if y - reach >= 0:
+            profiles.append(log_l[y - reach: y + reach, cols].mean(axis=1))
+        if y + side + reach <= h:
+            profiles.append(log_l[y + side - reach: y + side + reach, cols].mean(axis=1))
+    steps = [float(q[3:-3].max() - max(q[:3].mean(), q[-3:].mean())) for q in profiles if q.shape[0] > 6]
+    return float(np.median(steps)) if steps else 0.0
 
 
 def _refine_left_edge(log_l: F32, x0: int, y0: int, side: int) -> int:
