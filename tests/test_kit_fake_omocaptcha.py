@@ -1,19 +1,19 @@
-"""The fake omocaptcha service (tests/kit/fake_omocaptcha.py) holds the v1 job contract strictly."""
+"""The fake omocaptcha service (tests/kit/fake_omocaptcha.py) holds the documented contract: what its two APIs share,
+v1's own rules, the controls and faults other tests rely on, its log, its stats and its command line. v2's own rules
+are in test_kit_fake_omocaptcha_v2.py. What a client does with each answer is the client tests' business."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import hashlib
 import io
-import itertools
 import json
 import os
 import subprocess
 import sys
 import time
+import uuid
+from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -24,277 +24,124 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from tests.kit.fake_omocaptcha import FAULTS_BY_ENDPOINT, FakeOmocaptcha, FakeState
+from tests.kit.fake_calls import JSON, KEY, KEY2, V1, V2, Api, b64
+from tests.kit.fake_omocaptcha import ALL_FAULTS_BY_ENDPOINT, FakeOmocaptcha, FakeState
+from tests.kit.synth import Manifest, generate
 
-KEY = "key-one"
-KEY2 = "key-two"
 ROOT = Path(__file__).resolve().parent.parent
 
 
-# ------------------------------------------------------------------------------------------------ a tiny manifest
-
-
-@dataclass
-class Kit:
-    dir: Path
-    manifest: dict[str, Any]
-
-    def challenge(self, mode: str, n: int = 0) -> dict[str, Any]:
-        found: list[dict[str, Any]] = [c for c in self.manifest["challenges"] if c["mode"] == mode]
-        return found[n]
-
-    def b64(self, challenge: dict[str, Any], role: str) -> str:
-        return base64.b64encode(self.raw(challenge, role)).decode()
-
-    def raw(self, challenge: dict[str, Any], role: str) -> bytes:
-        return (self.dir / str(challenge["images"][role]["file"])).read_bytes()
-
-
-def _image(directory: Path, name: str, size: tuple[int, int], color: tuple[int, ...], fmt: str) -> dict[str, Any]:
-    mode = "RGBA" if len(color) == 4 else "RGB"
-    img = Image.new(mode, size, color)
-    img.putpixel((1, 1), (color[0] ^ 0xFF, 0, 0, 255)[: len(color)])
-    buf = io.BytesIO()
-    img.save(buf, fmt)
-    data = buf.getvalue()
-    (directory / name).write_bytes(data)
-    return {
-        "file": name,
-        "path": f"/tos-maliva-i-b4yrtqhy5a-us/{hashlib.md5(data).hexdigest()}~tplv-b4yrtqhy5a-2.jpeg",
-        "sha256": hashlib.sha256(data).hexdigest(),
-        "width": size[0],
-        "height": size[1],
-        "format": fmt.lower(),
-    }
-
-
-def make_kit(directory: Path, tag: int = 0) -> Kit:
-    """Two whirl challenges (png, jpeg), two slides and one 3d, small but well-formed, as CONTRACT.md says."""
-    directory.mkdir(parents=True, exist_ok=True)
-    challenges: list[dict[str, Any]] = []
-
-    def cid(n: int) -> str:
-        return hashlib.sha1(f"{tag}-{n}".encode()).hexdigest()
-
-    for n, (variant, angle) in enumerate([("png", 123.4), ("jpeg", 200.0)]):
-        fmt, ext, alpha = ("PNG", "png", (255,)) if variant == "png" else ("JPEG", "jpg", ())
-        challenges.append(
-            {
-                "id": cid(n),
-                "mode": "whirl",
-                "variant": variant,
-                "angle": angle,
-                "drag_px": angle / 360 * 271,
-                "images": {
-                    "outer": _image(directory, f"w{n}-outer.{ext}", (47, 47), (10 + tag, 20 + n, 30, *alpha), fmt),
-                    "inner": _image(directory, f"w{n}-inner.{ext}", (21, 21), (40 + tag, 50 + n, 60, *alpha), fmt),
-                },
-            }
-        )
-    for n, gap in enumerate([312, 101]):
-        challenges.append(
-            {
-                "id": cid(10 + n),
-                "mode": "slide",
-                "variant": "jpeg",
-                "gap_x": gap,
-                "tip_y": 87,
-                "images": {
-                    "background": _image(directory, f"s{n}-bg.jpg", (552, 344), (70 + tag, 80 + n, 90), "JPEG"),
-                    "piece": _image(directory, f"s{n}-piece.png", (11, 11), (1, 2 + n, 3, 128), "PNG"),
-                },
-            }
-        )
-    challenges.append(
-        {
-            "id": cid(20),
-            "mode": "3d",
-            "variant": "png",
-            "images": {"background": _image(directory, "3d.png", (55, 34), (5 + tag, 6, 7), "PNG")},
-        }
-    )
-    manifest = {"seed": 1, "widget": {"width": 340, "handle": 69, "travel": 271}, "challenges": challenges}
-    (directory / "manifest.json").write_text(json.dumps(manifest))
-    return Kit(directory, manifest)
+@pytest.fixture(scope="module")
+def kit(tmp_path_factory: pytest.TempPathFactory) -> Manifest:
+    return generate(tmp_path_factory.mktemp("kit"), seed=12, count=2)
 
 
 @pytest.fixture
-def kit(tmp_path: Path) -> Kit:
-    return make_kit(tmp_path / "kit")
-
-
-@pytest.fixture
-def fake(kit: Kit) -> Iterator[FakeOmocaptcha]:
-    with FakeOmocaptcha(keys=[KEY, KEY2], manifests=[kit.dir]) as f:
+def fake(kit: Manifest) -> Iterator[FakeOmocaptcha]:
+    with FakeOmocaptcha(keys=[KEY, KEY2], manifests=[str(kit.root)]) as f:
         yield f
 
 
 @pytest.fixture
-def ctl(fake: FakeOmocaptcha) -> Iterator[httpx.Client]:
-    """For the control paths outside /api/."""
+def client(fake: FakeOmocaptcha) -> Iterator[httpx.Client]:
+    """Both APIs and the control paths: every path is absolute."""
     with httpx.Client(base_url=fake.url, timeout=5) as c:
         yield c
 
 
-@pytest.fixture
-def client(fake: FakeOmocaptcha) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=fake.base_url, timeout=5) as c:
-        yield c
-
-
-def rotate_body(kit: Kit, n: int = 0, key: str = KEY) -> dict[str, Any]:
-    ch = kit.challenge("whirl", n)
-    image = kit.b64(ch, "inner") + "|" + kit.b64(ch, "outer")
-    return {"api_token": key, "data": {"type_job_id": "23", "image_base64": image}}
-
-
-def slide_body(kit: Kit, n: int = 0, width_view: Any = 340, key: str = KEY) -> dict[str, Any]:
-    ch = kit.challenge("slide", n)
-    return {
-        "api_token": key,
-        "data": {"type_job_id": "21", "image_base64": kit.b64(ch, "background"), "width_view": width_view},
-    }
-
-
-def create(client: httpx.Client, body: dict[str, Any]) -> int:
-    r = client.post("createJob", json=body)
-    assert r.status_code == 200, r.text
-    data = r.json()
-    assert data == {"error": False, "job_id": data["job_id"], "message": "Create job success."}
-    assert type(data["job_id"]) is int
-    return int(data["job_id"])
-
-
-def result(client: httpx.Client, job_id: int, key: str = KEY) -> dict[str, Any]:
-    r = client.post("getJobResult", json={"api_token": key, "job_id": job_id})
-    assert r.status_code == 200
-    assert r.headers["content-type"].startswith("application/json")
-    out: dict[str, Any] = r.json()
+@pytest.fixture(params=[V1, V2], ids=["v1", "v2"])
+def api(request: pytest.FixtureRequest) -> Api:
+    out: Api = request.param
     return out
 
 
-def balance(client: httpx.Client, key: str = KEY) -> Decimal:
-    data = client.post("getBalance", json={"api_token": key}).json()
-    assert data["error"] is False and data["message"] == "Get balance success."
-    assert isinstance(data["balance"], str)
-    return Decimal(data["balance"])
+def _png() -> str:
+    """A well-formed image that no manifest knows."""
+    buf = io.BytesIO()
+    Image.new("RGB", (9, 9), (1, 2, 3)).save(buf, "PNG")
+    return base64.b64encode(buf.getvalue()).decode()
 
 
-# ------------------------------------------------------------------------------------------------ the happy path
+# ------------------------------------------------------------------------------------------------ answers
 
 
-def test_rotate_and_slide_are_solved_from_the_manifest(kit: Kit, fake: FakeOmocaptcha, client: httpx.Client) -> None:
-    for n in (0, 1):
-        job = create(client, rotate_body(kit, n))
-        expected = str(round(kit.challenge("whirl", n)["drag_px"]))
-        assert result(client, job) == {"error": False, "status": "success", "result": expected}
-    for n in (0, 1):
+def test_v1_answers_come_from_the_manifest(kit: Manifest, fake: FakeOmocaptcha, client: httpx.Client) -> None:
+    ids = []
+    for n, whirl in enumerate(kit.whirls()):
+        ids.append(V1.new(client, V1.whirl(kit, n)))
+        assert V1.ask(client, ids[-1]) == {"error": False, "status": "success", "result": str(round(whirl.drag_px))}
+    for n, slide in enumerate(kit.slides()):
         for width_view in (340, 300.5):
-            job = create(client, slide_body(kit, n, width_view))
-            expected = str(round(kit.challenge("slide", n)["gap_x"] * width_view / 552))
-            assert result(client, job) == {"error": False, "status": "success", "result": expected}
+            ids.append(V1.new(client, V1.slide(b64(kit, "slide", n, "background"), width_view)))
+            x = str(round(slide.gap_x * width_view / 552))
+            assert V1.ask(client, ids[-1]) == {"error": False, "status": "success", "result": x}
+    assert ids == list(range(1_000_001, 1_000_007))
     assert fake.stats()["jobs"] == {"created": 6, "running": 0, "succeeded": 6, "failed": 0}
+    assert fake.stats()["v2"]["tasks"]["created"] == 0  # v2 tasks are counted apart
 
 
-def test_job_ids_are_distinct_integers(kit: Kit, client: httpx.Client) -> None:
-    ids = [create(client, rotate_body(kit)) for _ in range(3)]
-    assert len(set(ids)) == 3
+def test_a_job_runs_for_its_solve_seconds_then_ends(kit: Manifest, api: Api) -> None:
+    """Driven through FakeState with explicit times: no waiting on the clock."""
+    state = FakeState([KEY], [str(kit.root)], solve_seconds=5)
 
+    def call(endpoint: str, body: dict[str, Any], now: float) -> dict[str, Any]:
+        outcome = state.api(endpoint, "application/json", json.dumps(body).encode(), now=now)
+        assert outcome.status == 200 and outcome.body is not None
+        return outcome.body
 
-def test_running_until_solve_time_then_success(kit: Kit, fake: FakeOmocaptcha, client: httpx.Client) -> None:
-    fake.control(solve_seconds=60)
-
-    def at(job: int, seconds: float) -> dict[str, Any]:
-        """The job's result `seconds` after it was made, from the fake's logic with the time given (no waiting)."""
-        poll = json.dumps({"api_token": KEY, "job_id": job}).encode()
-        answer = fake.state.api("getJobResult", "application/json", poll, now=fake.state.jobs[job].created + seconds)
-        assert answer.body is not None
-        return answer.body
-
-    job = create(client, rotate_body(kit))
-    assert result(client, job) == {"error": False, "status": "running", "result": None}
-    assert fake.stats()["jobs"]["running"] == 1
-    assert at(job, 59.99) == {"error": False, "status": "running", "result": None}
-    assert at(job, 60.0) == {"error": False, "status": "success", "result": str(round(123.4 / 360 * 271))}
-    # an unsolvable job is running as long, then fails with result null
-    bad = rotate_body(kit)
-    bad["data"]["image_base64"] = "|".join(reversed(bad["data"]["image_base64"].split("|")))
-    job = create(client, bad)
-    assert result(client, job) == {"error": False, "status": "running", "result": None}
-    assert at(job, 59.99) == {"error": False, "status": "running", "result": None}
-    assert at(job, 60.0) == {"error": False, "status": "fail", "result": None}
-    # over HTTP too, once the solve time has passed
-    fake.control(solve_seconds=0)
-    job = create(client, rotate_body(kit, 1))
-    assert result(client, job) == {"error": False, "status": "success", "result": str(round(200.0 / 360 * 271))}
+    inner, outer = b64(kit, "whirl", 0, "inner"), b64(kit, "whirl", 0, "outer")
+    good = api.job_id(call(api.create, api.rotate(inner, outer), 100.0))
+    swapped = api.job_id(call(api.create, api.rotate(outer, inner), 100.0))
+    for job in (good, swapped):
+        assert call(api.result, api.poll(job), 104.99) == api.running
+    assert api.solved(call(api.result, api.poll(good), 105.0))
+    assert call(api.result, api.poll(swapped), 105.0) == api.failed  # an unsolvable job runs as long
+    # jobs made after a change take the new time; those made before keep theirs
+    state.control({"solve_seconds": 0})
+    later = api.job_id(call(api.create, api.whirl(kit, 1), 200.0))
+    assert api.solved(call(api.result, api.poll(later), 200.0))
+    assert call(api.result, api.poll(good), 104.99) == api.running
 
 
 @pytest.mark.parametrize(
-    "case",
-    ["swapped", "mixed", "unknown", "slide_bg_as_rotate", "piece", "3d", "whirl_as_slide", "slide_bg_swapped"],
+    "case", ["swapped", "mixed", "unknown", "slide_as_rotate", "same_twice", "piece", "3d", "whirl_as_slide"]
 )
-def test_wrong_images_fail(kit: Kit, fake: FakeOmocaptcha, client: httpx.Client, case: str) -> None:
-    w0, w1, s0 = kit.challenge("whirl", 0), kit.challenge("whirl", 1), kit.challenge("slide", 0)
-    other = base64.b64encode(_png_bytes((9, 9))).decode()
+def test_wrong_images_fail_and_are_charged(
+    kit: Manifest, fake: FakeOmocaptcha, client: httpx.Client, api: Api, case: str
+) -> None:
+    def img(mode: str, n: int, role: str) -> str:
+        return b64(kit, mode, n, role)
+
     rotate = {
-        "swapped": kit.b64(w0, "outer") + "|" + kit.b64(w0, "inner"),
-        "mixed": kit.b64(w0, "inner") + "|" + kit.b64(w1, "outer"),
-        "unknown": kit.b64(w0, "inner") + "|" + other,
-        "slide_bg_as_rotate": kit.b64(s0, "background") + "|" + kit.b64(s0, "piece"),
-        "slide_bg_swapped": kit.b64(s0, "piece") + "|" + kit.b64(s0, "background"),
+        "swapped": (img("whirl", 0, "outer"), img("whirl", 0, "inner")),
+        "mixed": (img("whirl", 0, "inner"), img("whirl", 1, "outer")),
+        "unknown": (img("whirl", 0, "inner"), _png()),
+        "slide_as_rotate": (img("slide", 0, "background"), img("slide", 0, "piece")),
+        "same_twice": (img("whirl", 0, "inner"), img("whirl", 0, "inner")),
     }
-    slide = {
-        "piece": kit.b64(s0, "piece"),
-        "3d": kit.b64(kit.challenge("3d"), "background"),
-        "whirl_as_slide": kit.b64(w0, "outer"),
-    }
-    if case in rotate:
-        body = {"api_token": KEY, "data": {"type_job_id": "23", "image_base64": rotate[case]}}
-    else:
-        body = {"api_token": KEY, "data": {"type_job_id": "21", "image_base64": slide[case], "width_view": 340}}
-    job = create(client, body)
-    assert result(client, job) == {"error": False, "status": "fail", "result": None}
-    assert fake.stats()["jobs"]["failed"] == 1
+    slide = {"piece": img("slide", 0, "piece"), "3d": img("3d", 0, "image"), "whirl_as_slide": img("whirl", 0, "outer")}
+    job = api.new(client, api.rotate(*rotate[case]) if case in rotate else api.slide(slide[case]))
+    assert api.ask(client, job) == api.failed
+    assert api.per_job(fake.stats(), job)["reason"] is not None
+    assert fake.stats()["charged"] == "0.00055"  # a failed job is paid for too
 
 
-def _png_bytes(size: tuple[int, int], color: tuple[int, int, int] = (1, 2, 3)) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", size, color).save(buf, "PNG")
-    return buf.getvalue()
+# ------------------------------------------------------------------------------------------------ refusals
 
 
-async def test_concurrent_async_clients(kit: Kit, fake: FakeOmocaptcha) -> None:
-    fake.control(solve_seconds=0.2, latency_ms=20)
-    async with httpx.AsyncClient(base_url=fake.base_url, timeout=5) as ac:
+def _v1_bad_bodies(kit: Manifest) -> dict[str, tuple[Any, str]]:
+    """name -> (body sent as JSON, the message of the refusal): one case or more per rule of CONTRACT.md."""
+    inner, outer, bg = b64(kit, "whirl", 0, "inner"), b64(kit, "whirl", 0, "outer"), b64(kit, "slide", 0, "background")
+    truncated = base64.b64encode(base64.b64decode(outer)[:40]).decode()
+    unpadded = base64.b64encode(base64.b64decode(outer)[:31]).decode().rstrip("=")  # 31 bytes end in "=="
+    two, plain, not_b64 = (
+        "image_base64 must be two images joined by '|' for type_job_id 23.",
+        "image_base64 must be plain base64, without a data: prefix.",
+        "image_base64 is not valid base64.",
+    )
 
-        async def one(n: int) -> str:
-            body = rotate_body(kit, n % 2) if n % 3 else slide_body(kit, n % 2)
-            r = await ac.post("createJob", json=body)
-            job = r.json()["job_id"]
-            while True:
-                data = (await ac.post("getJobResult", json={"api_token": KEY, "job_id": job})).json()
-                if data["status"] != "running":
-                    return str(data["result"])
-                await asyncio.sleep(0.05)
-
-        results = await asyncio.gather(*(one(n) for n in range(12)))
-    assert len(results) == 12 and "None" not in results
-    assert fake.stats()["jobs"] == {"created": 12, "running": 0, "succeeded": 12, "failed": 0}
-    assert len(fake.stats()["polls"]["per_job"]) == 12
-
-
-# ------------------------------------------------------------------------------------------------ validation
-
-
-def _bad_bodies(kit: Kit) -> dict[str, tuple[Any, str]]:
-    """name -> (body to send as JSON, expected message)."""
-    w = kit.challenge("whirl")
-    inner, outer = kit.b64(w, "inner"), kit.b64(w, "outer")
-    bg = kit.b64(kit.challenge("slide"), "background")
-    not_image = base64.b64encode(b"this is not an image at all").decode()
-
-    def rot(image: Any, **extra: Any) -> dict[str, Any]:
-        return {"api_token": KEY, "data": {"type_job_id": "23", "image_base64": image, **extra}}
+    def rot(image: Any, **data: Any) -> dict[str, Any]:
+        return {"api_token": KEY, "data": {"type_job_id": "23", "image_base64": image, **data}}
 
     def sl(**data: Any) -> dict[str, Any]:
         return {"api_token": KEY, "data": {"type_job_id": "21", "image_base64": bg, **data}}
@@ -302,250 +149,131 @@ def _bad_bodies(kit: Kit) -> dict[str, tuple[Any, str]]:
     good = rot(inner + "|" + outer)
     return {
         "no token": ({"data": good["data"]}, "Invalid api token."),
-        "wrong token": ({**good, "api_token": "nope"}, "Invalid api token."),
         "token not a string": ({**good, "api_token": 123}, "Invalid api token."),
-        "empty token": ({**good, "api_token": ""}, "Invalid api token."),
         "json array": ([good], "Invalid JSON body."),
         "no data": ({"api_token": KEY}, "data is required."),
-        "data is a string": ({"api_token": KEY, "data": "x"}, "data is required."),
-        "type as number": (
-            {"api_token": KEY, "data": {**good["data"], "type_job_id": 23}},
-            "type_job_id must be a string.",
-        ),
         "type missing": ({"api_token": KEY, "data": {"image_base64": inner + "|" + outer}}, "type_job_id is required."),
+        "type as number": ({"api_token": KEY, "data": {**good["data"], "type_job_id": 23}}, "type_job_id must be a string."),
         "unknown type": ({"api_token": KEY, "data": {**good["data"], "type_job_id": "26"}}, "Job type not found."),
-        "type with spaces": ({"api_token": KEY, "data": {**good["data"], "type_job_id": " 23"}}, "Job type not found."),
-        "no image": ({"api_token": KEY, "data": {"type_job_id": "23"}}, "image_base64 is required."),
         "image as list": (rot([inner, outer]), "image_base64 is required."),
-        "rotate one image": (rot(inner), "image_base64 must be two images joined by '|' for type_job_id 23."),
-        "rotate three parts": (
-            rot(inner + "|" + outer + "|" + outer),
-            "image_base64 must be two images joined by '|' for type_job_id 23.",
-        ),
-        "rotate double bar": (
-            rot(inner + "||" + outer),
-            "image_base64 must be two images joined by '|' for type_job_id 23.",
-        ),
-        "rotate empty half": (rot(inner + "|"), "image_base64 is not valid base64."),
-        "data prefix": (
-            rot("data:image/png;base64," + inner + "|" + outer),
-            "image_base64 must be plain base64, without a data: prefix.",
-        ),
-        "data prefix second": (
-            rot(inner + "|data:image/png;base64," + outer),
-            "image_base64 must be plain base64, without a data: prefix.",
-        ),
-        "not base64": (rot(inner + "|" + "@@@@"), "image_base64 is not valid base64."),
-        "bad padding": (rot(inner.rstrip("=") + "A|" + outer), "image_base64 is not valid base64."),
-        "newlines in base64": (rot(inner[:8] + "\n" + inner[8:] + "|" + outer), "image_base64 is not valid base64."),
-        "urlsafe base64": (
-            rot(inner.replace("+", "-").replace("/", "_") + "A-_A|" + outer),
-            "image_base64 is not valid base64.",
-        ),
-        "not an image": (rot(inner + "|" + not_image), "image_base64 is not a valid image."),
-        "truncated png": (
-            rot(inner + "|" + base64.b64encode(base64.b64decode(outer)[:40]).decode()),
-            "image_base64 is not a valid image.",
-        ),
+        "rotate one image": (rot(inner), two),
+        "rotate three parts": (rot(inner + "||" + outer), two),
+        "rotate empty half": (rot(inner + "|"), not_b64),
+        "data prefix": (rot(inner + "|data:image/png;base64," + outer), plain),
+        "not base64": (rot(inner + "|@@@@"), not_b64),
+        "padding dropped": (rot(inner + "|" + unpadded), not_b64),
+        "newlines": (rot(inner[:8] + "\n" + inner[8:] + "|" + outer), not_b64),
+        "url-safe alphabet": (rot("A-_A" + inner + "|" + outer), not_b64),
+        "not an image": (rot(inner + "|" + base64.b64encode(b"not an image").decode()), "image_base64 is not a valid image."),
+        "truncated png": (rot(inner + "|" + truncated), "image_base64 is not a valid image."),
         "slide no width": (sl(), "width_view is required."),
-        "slide width null": (sl(width_view=None), "width_view is required."),
         "slide width string": (sl(width_view="340"), "width_view must be a number."),
         "slide width bool": (sl(width_view=True), "width_view must be a number."),
         "slide width zero": (sl(width_view=0), "width_view must be positive."),
-        "slide width negative": (sl(width_view=-340), "width_view must be positive."),
-        "slide two images": (
-            {"api_token": KEY, "data": {"type_job_id": "21", "image_base64": bg + "|" + bg, "width_view": 340}},
-            "image_base64 must be one image for type_job_id 21.",
-        ),
-        "slide data prefix": (
-            {
-                "api_token": KEY,
-                "data": {"type_job_id": "21", "image_base64": "data:image/jpeg;base64," + bg, "width_view": 340},
-            },
-            "image_base64 must be plain base64, without a data: prefix.",
-        ),
+        "slide two images": (sl(image_base64=bg + "|" + bg, width_view=340), "image_base64 must be one image for type_job_id 21."),
     }
 
 
-def test_every_validation_rule(kit: Kit, fake: FakeOmocaptcha, client: httpx.Client) -> None:
-    before = balance(client)
-    for name, (body, message) in _bad_bodies(kit).items():
-        r = client.post("createJob", json=body)
-        assert r.status_code == 200, name
-        assert r.json() == {"error": True, "message": message}, name
-    assert fake.stats()["jobs"]["created"] == 0
-    assert balance(client) == before
+def test_v1_every_validation_rule(kit: Manifest, fake: FakeOmocaptcha, client: httpx.Client) -> None:
+    for name, (body, message) in _v1_bad_bodies(kit).items():
+        r = client.post("/api/createJob", json=body)
+        assert (r.status_code, r.json()) == (200, {"error": True, "message": message}), name
+    assert fake.stats()["jobs"]["created"] == 0 and fake.stats()["charged"] == "0.00000"
 
 
-def test_bodies_that_are_not_json(fake: FakeOmocaptcha, client: httpx.Client, kit: Kit) -> None:
-    good = json.dumps(rotate_body(kit))
-    cases: list[tuple[bytes, dict[str, str], str]] = [
-        (
-            b"api_token=key-one",
-            {"content-type": "application/x-www-form-urlencoded"},
-            "Content-Type must be application/json.",
-        ),
-        (good.encode(), {"content-type": "text/plain"}, "Content-Type must be application/json."),
-        (good.encode(), {}, "Content-Type must be application/json."),
-        (b"{not json", {"content-type": "application/json"}, "Invalid JSON body."),
-        (b'{"api_token": NaN}', {"content-type": "application/json"}, "Invalid JSON body."),
-        (b"", {"content-type": "application/json"}, "Invalid JSON body."),
-        (b"\xff\xfe", {"content-type": "application/json"}, "Invalid JSON body."),
+def test_bodies_that_are_not_json_are_refused_everywhere(kit: Manifest, client: httpx.Client, api: Api) -> None:
+    good = json.dumps(api.whirl(kit)).encode()
+    wrong_type = api.refusal("Content-Type must be application/json.", "ERROR_INVALID_REQUEST")
+    not_json = api.refusal("Invalid JSON body.", "ERROR_INVALID_REQUEST")
+    cases: list[tuple[bytes, dict[str, str], dict[str, Any]]] = [
+        (b"key=key-one", {"content-type": "application/x-www-form-urlencoded"}, wrong_type),
+        (good, {}, wrong_type),
+        (b"{not json", JSON, not_json),
+        (b'{"key": NaN}', JSON, not_json),
+        (b"\xff\xfe", JSON, not_json),
     ]
-    for raw, headers, message in cases:
-        for endpoint in ("createJob", "getJobResult", "getBalance", "getService"):
-            r = client.post(endpoint, content=raw, headers=headers)
-            assert r.status_code == 200
-            assert r.json() == {"error": True, "message": message}, (raw, headers, endpoint)
-    # a charset parameter is fine
-    r = client.post("createJob", content=good.encode(), headers={"content-type": "application/json; charset=utf-8"})
-    assert r.json()["error"] is False
-    # the log keeps short raw text as it came
-    assert any(e["body"] == "api_token=key-one" for e in fake.log())
+    for endpoint in api.endpoints:
+        for raw, headers, expected in cases:
+            r = client.post(api.path(endpoint), content=raw, headers=headers)
+            assert (r.status_code, r.json()) == (200, expected), (endpoint, raw)
+    r = client.post(api.path(api.create), content=good, headers={"content-type": "application/json; charset=utf-8"})
+    api.job_id(r.json())
 
 
-def test_get_job_result_rules(kit: Kit, fake: FakeOmocaptcha, client: httpx.Client) -> None:
-    job = create(client, rotate_body(kit))
-    assert result(client, job + 1000) == {"error": True, "message": "Job not found."}
-    assert result(client, job, key=KEY2) == {"error": True, "message": "Job not found."}
-    assert result(client, job, key="bad") == {"error": True, "message": "Invalid api token."}
-    for job_id in (str(job), float(job), None, True, [job]):
-        r = client.post("getJobResult", json={"api_token": KEY, "job_id": job_id})
-        assert r.json() == {"error": True, "message": "job_id must be an integer."}, job_id
-    r = client.post("getJobResult", json={"api_token": KEY})
-    assert r.json() == {"error": True, "message": "job_id must be an integer."}
-    assert result(client, job)["status"] == "success"
-
-
-def test_balance_and_service(kit: Kit, fake: FakeOmocaptcha, client: httpx.Client) -> None:
-    r = client.post("getBalance", json={"api_token": KEY})
-    assert r.json() == {"error": False, "balance": "10.00000", "message": "Get balance success."}
-    create(client, rotate_body(kit))
-    create(client, slide_body(kit))
-    assert client.post("getBalance", json={"api_token": KEY}).json()["balance"] == "9.99890"
-    assert balance(client, KEY2) == Decimal("10")
-    assert client.post("getBalance", json={"api_token": "x"}).json() == {"error": True, "message": "Invalid api token."}
-    assert client.post("getBalance", json={}).json() == {"error": True, "message": "Invalid api token."}
-    assert fake.stats()["charged"] == "0.00110"
-
-    service = client.post("getService", json={"api_token": KEY}).json()
-    assert service["error"] is False
-    assert [s["id"] for s in service["service"]] == [21, 23]
-    for s in service["service"]:
-        assert s["price"] == "0.00055" and isinstance(s["name"], str)
-        assert {"avg_success", "avg_time"} <= s.keys()
-    assert client.post("getService", json={}).json() == {"error": True, "message": "Invalid api token."}
-
-
-def test_empty_balance_refuses_jobs(kit: Kit, fake: FakeOmocaptcha, client: httpx.Client) -> None:
-    fake.control(balance="0.00100")
-    create(client, rotate_body(kit))
-    assert client.post("createJob", json=rotate_body(kit)).json() == {"error": True, "message": "Balance not enough."}
-    assert balance(client) == Decimal("0.00045")
-    fake.control(balance={KEY: "1"})
-    assert balance(client) == Decimal("1")
-
-
-def test_paths_and_methods(fake: FakeOmocaptcha, client: httpx.Client, ctl: httpx.Client) -> None:
-    body = {"api_token": KEY}
-    for path in ("/api//getBalance", "/api/getBalance/", "/api/getbalance", "/api/nothing", "/api", "/api/"):
-        r = ctl.post(path, json=body)
-        assert r.status_code == 404, path
-        assert r.headers["content-type"].startswith("text/html")
-    assert client.get("getBalance").status_code == 405
-    assert client.post("getBalance?x=1", json=body).json()["error"] is False
-    paths = [e["path"] for e in fake.log()]
-    assert "/api//getBalance" in paths and "/api/getBalance/" in paths
-    assert fake.stats()["requests"]["other"] == 6
-
-
-# ------------------------------------------------------------------------------------------------ behaviour controls
-
-
-def test_fail_share_spread_is_exact(kit: Kit, fake: FakeOmocaptcha, client: httpx.Client) -> None:
-    fake.control(fail_share=0.5, draw="spread")
-    statuses = [result(client, create(client, slide_body(kit)))["status"] for _ in range(10)]
-    assert statuses.count("fail") == 5
-    assert fake.stats()["jobs"] == {"created": 10, "running": 0, "succeeded": 5, "failed": 5}
-    reasons = {j["reason"] for j in fake.stats()["polls"]["per_job"].values() if j["status"] == "fail"}
-    assert reasons == {"fail_share"}
-
-
-def test_fail_share_random_repeats_with_the_seed(kit: Kit) -> None:
-    def run(seed: int) -> list[str]:
-        with (
-            FakeOmocaptcha(keys=[KEY], manifests=[kit.dir], fail_share=0.5, seed=seed) as f,
-            httpx.Client(base_url=f.base_url) as c,
-        ):
-            return [result(c, create(c, rotate_body(kit)))["status"] for _ in range(16)]
-
-    first = run(7)
-    assert first == run(7)
-    assert 0 < first.count("fail") < 16
-    assert first != run(8) or run(9) != first
-
-
-def test_fail_share_extremes(kit: Kit, fake: FakeOmocaptcha, client: httpx.Client) -> None:
-    fake.control(fail_share=1.0)
-    assert result(client, create(client, rotate_body(kit)))["status"] == "fail"
-    fake.control(fail_share=0.0)
-    assert result(client, create(client, rotate_body(kit)))["status"] == "success"
-
-
-def test_invalid_key_mid_run(kit: Kit, fake: FakeOmocaptcha, client: httpx.Client) -> None:
-    fake.control(solve_seconds=5)
-    job = create(client, rotate_body(kit))
-    fake.control(invalid_keys=[KEY])
-    assert result(client, job) == {"error": True, "message": "Invalid api token."}
-    assert client.post("createJob", json=rotate_body(kit)).json() == {"error": True, "message": "Invalid api token."}
-    assert client.post("getBalance", json={"api_token": KEY}).json()["error"] is True
-    create(client, rotate_body(kit, key=KEY2))  # the other key still works
-    fake.control(invalid_keys=[])
-    assert result(client, job)["status"] == "running"
-
-
-def test_down_closes_every_api_connection(
-    kit: Kit, fake: FakeOmocaptcha, client: httpx.Client, ctl: httpx.Client
+def test_a_result_is_given_for_the_id_and_the_key_that_made_the_job(
+    kit: Manifest, client: httpx.Client, api: Api
 ) -> None:
-    fake.control(down=True)
-    for endpoint in ("createJob", "getJobResult", "getBalance", "getService", "nothing"):
-        with pytest.raises(httpx.RemoteProtocolError):
-            client.post(endpoint, json=rotate_body(kit))
-    assert ctl.get("/_control").json()["down"] is True
-    assert fake.stats()["jobs"]["created"] == 0
-    assert {e["status"] for e in fake.log()} == {"refused"}
-    assert {e["fault"] for e in fake.log()} == {"down"}
-    fake.control(down=False)
-    create(client, rotate_body(kit))
+    job = api.new(client, api.whirl(kit))
+    assert api.ask(client, job + 1000 if api is V1 else str(uuid.uuid4())) == api.not_found
+    assert api.ask(client, job, key=KEY2) == api.not_found
+    assert api.ask(client, job, key="bad") == api.bad_key
+    if api is V1:
+        wrong, refusal = [str(job), float(job), None, True, [job]], api.refusal("job_id must be an integer.", "")
+    else:
+        wrong = [uuid.UUID(job).int, None, True, [job]]
+        refusal = api.refusal("taskId must be a string.", "ERROR_BAD_PARAMETERS")
+    for job_id in wrong:
+        assert client.post(api.path(api.result), json=api.poll(job_id)).json() == refusal, job_id
+    assert client.post(api.path(api.result), json=api.keyed()).json() == refusal
+    assert api.solved(api.ask(client, job))
 
 
-def test_hold_keeps_every_job_running_until_let_go(kit: Kit, fake: FakeOmocaptcha, client: httpx.Client) -> None:
-    assert fake.control(hold=True)["hold"] is True
-    jobs = [create(client, rotate_body(kit)) for _ in range(2)]
-    assert [result(client, j)["status"] for j in jobs] == ["running", "running"]
-    fake.control(hold=False)
-    assert [result(client, j)["status"] for j in jobs] == ["success", "success"]
+def test_v1_balance_and_service(kit: Manifest, fake: FakeOmocaptcha, client: httpx.Client) -> None:
+    def balance(key: str = KEY) -> Any:
+        return client.post("/api/getBalance", json={"api_token": key}).json()
+
+    assert balance() == {"error": False, "balance": "10.00000", "message": "Get balance success."}
+    V1.new(client, V1.whirl(kit))
+    V1.new(client, V1.slide(b64(kit, "slide", 0, "background")))
+    assert balance()["balance"] == "9.99890" and balance(KEY2)["balance"] == "10.00000"
+    assert balance("x") == client.post("/api/getBalance", json={}).json() == V1.bad_key
+    service = client.post("/api/getService", json={"api_token": KEY}).json()
+    assert service["error"] is False and [s["id"] for s in service["service"]] == [21, 23]
+    assert all(s["price"] == "0.00055" and {"name", "avg_success", "avg_time"} <= s.keys() for s in service["service"])
+    assert client.post("/api/getService", json={}).json() == V1.bad_key
+    # a job costs 0.00055: with less, the next one is refused and nothing is charged
+    fake.control(balance="0.00100")
+    V1.new(client, V1.whirl(kit))
+    assert client.post("/api/createJob", json=V1.whirl(kit)).json() == {"error": True, "message": "Balance not enough."}
+    assert balance()["balance"] == "0.00045" and fake.stats()["charged"] == "0.00165"
 
 
-def test_latency(kit: Kit, fake: FakeOmocaptcha, client: httpx.Client) -> None:
-    fake.control(latency_ms=250)
-    t = time.monotonic()
-    balance(client)
-    assert time.monotonic() - t >= 0.25
-    # a client that gives up during the latency may still have created (and paid for) a job
-    with pytest.raises(httpx.ReadTimeout):
-        client.post("createJob", json=rotate_body(kit), timeout=0.1)
-    deadline = time.monotonic() + 3
-    while fake.stats()["jobs"]["created"] == 0 and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert fake.stats()["jobs"]["created"] == 1
-    deadline = time.monotonic() + 3
-    while fake.log()[-1]["status"] is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert fake.log()[-1]["status"] in (200, "client_gone")
+def test_paths_are_exact_and_calls_are_posts(fake: FakeOmocaptcha, client: httpx.Client, api: Api) -> None:
+    call = api.path(api.balance)
+    root = call.rsplit("/", 1)[0]
+    wrong = [root + "//getBalance", call + "/", call.lower(), root + "/nothing", root, root + "/"]
+    wrong += ["/api/createTask"] if api is V1 else ["/v2/createJob", "/api/v2/getBalance"]
+    for path in wrong:
+        r = client.post(path, json=api.keyed())
+        assert (r.status_code, r.headers["content-type"].split(";")[0]) == (404, "text/html"), path
+    for endpoint in api.endpoints:
+        r = client.get(api.path(endpoint))
+        assert (r.status_code, r.headers["content-type"].split(";")[0]) == (405, "text/html"), endpoint
+    assert "balance" in client.post(call + "?x=1", json=api.keyed()).json()
+    requests = fake.stats()["requests"]
+    assert requests["other"] == len(wrong) and requests[api.balance] == 2
+    assert requests[(V2 if api is V1 else V1).balance] == 0
 
 
-def test_control_validation(fake: FakeOmocaptcha, ctl: httpx.Client) -> None:
+# ------------------------------------------------------------------------------------------------ controls
+
+
+def test_spread_draws_are_exact_and_jobs_and_tasks_share_the_unsolvable_share(
+    kit: Manifest, fake: FakeOmocaptcha, client: httpx.Client
+) -> None:
+    fake.control(draw="spread", fail_share=0.5, faults={"getBalance": {"http_500": 0.25, "error_true": 0.25}})
+    answers = []
+    for _ in range(16):
+        r = client.post("/api/getBalance", json={"api_token": KEY})
+        answers.append("500" if r.status_code == 500 else "busy" if r.json()["error"] else "ok")
+    assert Counter(answers) == {"500": 4, "busy": 4, "ok": 8}
+    jobs = [(api, api.new(client, api.slide(b64(kit, "slide", 0, "background")))) for api in (V1, V2) * 5]
+    failed = [(api, job) for api, job in jobs if api.ask(client, job) == api.failed]
+    assert len(failed) == 5
+    assert {api.per_job(fake.stats(), job)["reason"] for api, job in failed} == {"fail_share"}
+
+
+def test_control_refuses_what_it_cannot_do_and_changes_nothing(fake: FakeOmocaptcha, client: httpx.Client) -> None:
     bad: list[dict[str, Any]] = [
         {"nonsense": 1},
         {"fail_share": 1.5},
@@ -560,141 +288,163 @@ def test_control_validation(fake: FakeOmocaptcha, ctl: httpx.Client) -> None:
         {"seed": 1.5},
         {"balance": "lots"},
         {"balance": -1},
-        {"faults": {"createJob": {"no_such_fault": 0.1}}},
-        {"faults": {"getBalance": {"empty_result": 0.1}}},
-        {"faults": {"createJob": {"empty_result": 0.1}}},
-        {"faults": {"getBalance": {"http_500_after_create": 0.1}}},
-        {"faults": {"nowhere": {"http_500": 0.1}}},
-        {"faults": {"createJob": {"http_500": 0.7, "drop": 0.4}}},
-        {"faults": {"createJob": {"http_500": 2}}},
-        {"faults": ["http_500"]},
         {"add_manifest": "/nonexistent/dir"},
+        {"faults": ["http_500"]},
+        {"faults": {"nowhere": {"http_500": 0.1}}},
+        {"faults": {"createJob": {"no_such_fault": 0.1}}},
+        {"faults": {"createJob": {"http_500": 2}}},
+        {"faults": {"createJob": {"http_500": 0.7, "drop": 0.4}}},  # more than one fault per request
+        {"faults": {"getBalance": {"empty_result": 0.1}}},  # a fault of another endpoint
+        {"faults": {"getBalance": {"http_500_after_create": 0.1}}},
+        {"faults": {"createTask": {"http_500": 0.1}}},  # v2 endpoints are written v2/NAME
+        {"faults": {"v2/createTask": {"error_true": 0.1}}},  # v1's faults are not v2's
+        {"faults": {"getJobResult": {"redis_unavailable": 0.1}}},  # nor the other way round
     ]
     before = fake.settings()
     for changes in bad:
         with pytest.raises((ValueError, OSError)):
             fake.control(**changes)
-        r = ctl.post("/_control", json=changes)
-        assert r.status_code == 400, changes
-        assert isinstance(r.json()["error"], str)
+        r = client.post("/_control", json=changes)
+        assert r.status_code == 400 and isinstance(r.json()["error"], str), changes
     assert fake.settings() == before
-    assert ctl.post("/_control", content=b"nope").status_code == 400
+    assert client.post("/_control", content=b"nope").status_code == 400
 
 
-def test_control_over_http_and_reset(
-    kit: Kit, fake: FakeOmocaptcha, client: httpx.Client, tmp_path: Path, ctl: httpx.Client
+def test_control_over_http_reset_more_manifests_and_latency(
+    kit: Manifest, fake: FakeOmocaptcha, client: httpx.Client, tmp_path: Path
 ) -> None:
-    settings_ = ctl.get("/_control").json()
-    assert settings_["solve_seconds"] == 0 and settings_["faults"] == {} and settings_["challenges"] == 5
+    settings_ = client.get("/_control").json()
+    assert (settings_["solve_seconds"], settings_["faults"], settings_["challenges"]) == (0, {}, 5)
     assert settings_["balances"] == {KEY: "10.00000", KEY2: "10.00000"}
     changes = {
         "solve_seconds": 1.5,
         "fail_share": 0.25,
-        "latency_ms": 5,
         "seed": 3,
         "draw": "spread",
-        "faults": {"getJobResult": {"http_500": 0.2, "non_json": 0.1}},
+        "faults": {"v2/getTaskResult": {"http_500": 0.2, "non_json": 0.1}},
         "invalid_keys": [KEY2],
     }
-    r = ctl.post("/_control", json=changes)
-    assert r.status_code == 200
-    for name, value in changes.items():
-        assert r.json()[name] == value
-    assert ctl.get("/_control").json() == r.json() == fake.settings()
-    # faults replace the whole table
-    assert fake.control(faults={"createJob": {"drop": 0.5}})["faults"] == {"createJob": {"drop": 0.5}}
-    assert fake.control(faults=None)["faults"] == {}
-    # add a manifest at run time
-    other = make_kit(tmp_path / "other", tag=100)
-    assert ctl.post("/_control", json={"add_manifest": str(other.dir)}).json()["challenges"] == 10
+    r = client.post("/_control", json=changes)
+    assert r.status_code == 200 and {name: r.json()[name] for name in changes} == changes
+    assert client.get("/_control").json() == r.json() == fake.settings()
+    assert fake.control(faults={"createJob": {"drop": 0.5}})["faults"] == {"createJob": {"drop": 0.5}}  # replaced
+    other = generate(tmp_path / "other", seed=99, count=1)
+    assert client.post("/_control", json={"add_manifest": str(other.root)}).json()["challenges"] == 8
+    assert fake.add_manifest(str(other.root)) == 3 and fake.settings()["challenges"] == 8  # known ones stay once
     fake.control(reset=True)
-    assert fake.settings()["solve_seconds"] == 0 and fake.settings()["invalid_keys"] == []
-    assert fake.settings()["challenges"] == 10
-    job = create(client, rotate_body(other))
-    assert result(client, job)["result"] == str(round(other.challenge("whirl")["drag_px"]))
-    assert fake.add_manifest(make_kit(tmp_path / "third", tag=200).dir) == 5
+    assert fake.settings() == {**settings_, "manifests": fake.settings()["manifests"], "challenges": 8}
+    assert V1.ask(client, V1.new(client, V1.whirl(other)))["result"] == str(round(other.whirls()[0].drag_px))
+    fake.control(latency_ms=200)
+    start = time.monotonic()
+    client.post("/api/getBalance", json={"api_token": KEY})
+    assert time.monotonic() - start >= 0.2
 
 
 # ------------------------------------------------------------------------------------------------ faults
 
 HTML_FAULTS = {"http_500": 500, "http_502": 502, "http_429": 429, "non_json": 200}
+WRONG_SHAPES = {  # v1 answers in v2's shape (the docs show one such example) and v2 in v1's
+    "createJob": {"errorId": 0, "taskId": 123456},
+    "getJobResult": {"errorId": 0, "status": "processing"},
+    "getBalance": {"errorId": 0, "balance": 345.678, "quantity": 10000, "voucher_balance": 123.211},
+    "getService": {"errorId": 0, "services": []},
+    "v2/createTask": {"error": False, "job_id": 123456, "message": "Create job success."},
+    "v2/getTaskResult": {"error": False, "status": "running", "result": None},
+    "v2/getBalance": {"error": False, "balance": "0.00000", "message": "Get balance success."},
+    "v2/report": {"error": False, "message": "Success."},
+}
+TEMPORARY = {
+    "task_is_maintenance": "ERROR_TASK_IS_MAINTENANCE",
+    "service_unavailable": "ERROR_SERVICE_UNAVAILABLE",
+    "redis_unavailable": "ERROR_REDIS_UNAVAILABLE",
+    "redis_job_data": "ERROR_REDIS_JOB_DATA",
+}
+AFTER_CREATE = {
+    "v1": ("http_500_after_create", "drop_after_create", "hang_after_create"),
+    "v2": ("http_500_after_create", "drop_after_create", "hang_after_create", "redis_unavailable_after_create",
+           "redis_job_data_after_create"),
+}
 
 
-@pytest.mark.parametrize("endpoint", ["createJob", "getJobResult", "getBalance", "getService"])
-def test_faults_that_replace_the_answer(kit: Kit, fake: FakeOmocaptcha, client: httpx.Client, endpoint: str) -> None:
-    job = create(client, rotate_body(kit))
-    body = {"createJob": rotate_body(kit), "getJobResult": {"api_token": KEY, "job_id": job}}.get(
-        endpoint, {"api_token": KEY}
-    )
-    wrong_shapes = {
-        "createJob": {"errorId": 0, "taskId": 123456},
-        "getJobResult": {"errorId": 0, "status": "processing"},
-        "getBalance": {"errorId": 0, "balance": 345.678, "quantity": 10000, "voucher_balance": 123.211},
-        "getService": {"errorId": 0, "services": []},
-    }
-    for fault, status in HTML_FAULTS.items():
+@pytest.mark.parametrize("endpoint", list(ALL_FAULTS_BY_ENDPOINT))
+def test_faults_that_answer_instead_of_the_service(
+    kit: Manifest, fake: FakeOmocaptcha, client: httpx.Client, endpoint: str
+) -> None:
+    api = V2 if endpoint.startswith("v2/") else V1
+    job = api.new(client, api.whirl(kit))
+    bodies = {api.create: api.whirl(kit), api.result: api.poll(job), "v2/report": api.keyed(id=[job], isSuccess=True)}
+    body = bodies.get(endpoint, api.keyed())
+
+    def answer(fault: str) -> httpx.Response:
         fake.control(faults={endpoint: {fault: 1.0}})
-        r = client.post(endpoint, json=body)
-        assert r.status_code == status, fault
-        assert r.headers["content-type"].startswith("text/html")
+        return client.post(api.path(endpoint), json=body, timeout=0.2)
+
+    for fault, status in HTML_FAULTS.items():
+        r = answer(fault)
+        assert (r.status_code, r.headers["content-type"].split(";")[0]) == (status, "text/html"), fault
         with pytest.raises(json.JSONDecodeError):
-            json.loads(r.text)
-    fake.control(faults={endpoint: {"wrong_shape": 1.0}})
-    assert client.post(endpoint, json=body).json() == wrong_shapes[endpoint]
-    fake.control(faults={endpoint: {"error_true": 1.0}})
-    assert client.post(endpoint, json=body).json() == {"error": True, "message": "Server busy."}
-    fake.control(faults={endpoint: {"drop": 1.0}})
+            r.json()
+    assert answer("wrong_shape").json() == WRONG_SHAPES[endpoint]
+    busy = ["error_true"] if api is V1 else list(TEMPORARY)
+    for fault in busy:
+        got = answer(fault).json()
+        if api is V1:
+            assert got == {"error": True, "message": "Server busy."}
+        else:
+            assert set(got) == {"errorId", "errorCode", "errorDescription"} and got["errorCode"] == TEMPORARY[fault]
     with pytest.raises(httpx.RemoteProtocolError):
-        client.post(endpoint, json=body)
-    fake.control(faults={endpoint: {"hang": 1.0}})
+        answer("drop")
     with pytest.raises(httpx.ReadTimeout):
-        client.post(endpoint, json=body, timeout=0.2)
+        answer("hang")
     fake.control(faults=None)
-    # none of them created a job
-    assert fake.stats()["jobs"]["created"] == 1
+    assert api.jobs(fake.stats())["created"] == 1  # none of them made a job (nor recorded a report)
+    assert fake.stats()["v2"]["reports"] == {"accepted": 0, "rejected": 0}
+    names = [*HTML_FAULTS, "wrong_shape", *busy, "drop", "hang"]
     faulted = [e for e in fake.log() if e["fault"]]
-    assert [e["fault"] for e in faulted] == [*HTML_FAULTS, "wrong_shape", "error_true", "drop", "hang"]
-    assert [e["status"] for e in faulted] == [*HTML_FAULTS.values(), 200, 200, "dropped", "hang"]
-    assert fake.stats()["faults"][endpoint] == dict.fromkeys(
-        [*HTML_FAULTS, "wrong_shape", "error_true", "drop", "hang"], 1
+    assert [(e["fault"], e["status"]) for e in faulted] == list(
+        zip(names, [*HTML_FAULTS.values(), *[200] * (1 + len(busy)), "dropped", "hang"], strict=True)
     )
+    assert fake.stats()["faults"][endpoint] == dict.fromkeys(names, 1)
 
 
-def test_faults_after_create_still_create_and_charge(kit: Kit, fake: FakeOmocaptcha, client: httpx.Client) -> None:
-    fake.control(faults={"createJob": {"http_500_after_create": 1.0}})
-    r = client.post("createJob", json=rotate_body(kit))
-    assert r.status_code == 500 and r.headers["content-type"].startswith("text/html")
-    fake.control(faults={"createJob": {"drop_after_create": 1.0}})
-    with pytest.raises(httpx.RemoteProtocolError):
-        client.post("createJob", json=rotate_body(kit))
-    fake.control(faults={"createJob": {"hang_after_create": 1.0}})
-    with pytest.raises(httpx.ReadTimeout):
-        client.post("createJob", json=rotate_body(kit), timeout=0.2)
-    # a request that fails validation creates nothing, so the fault does not apply
-    fake.control(faults={"createJob": {"http_500_after_create": 1.0}})
-    assert client.post("createJob", json={"api_token": KEY}).json()["error"] is True
-    assert fake.stats()["jobs"]["created"] == 3
-    assert balance(client) == Decimal("10") - 3 * Decimal("0.00055")
-    entries = [e for e in fake.log() if e["path"] == "/api/createJob"]
-    assert [e["fault"] for e in entries] == ["http_500_after_create", "drop_after_create", "hang_after_create", None]
-    assert all(isinstance(e["job_id"], int) for e in entries[:3])
-    # the jobs exist and can be polled by id (as a client could learn from the log, never from the answer)
-    assert result(client, entries[0]["job_id"])["status"] == "success"
+def test_faults_after_create_still_create_and_charge(
+    kit: Manifest, fake: FakeOmocaptcha, client: httpx.Client, api: Api
+) -> None:
+    faults = AFTER_CREATE[api.name]
+    for fault in faults:
+        fake.control(faults={api.create: {fault: 1.0}})
+        try:
+            r = client.post(api.path(api.create), json=api.whirl(kit), timeout=0.2)
+        except (httpx.RemoteProtocolError, httpx.ReadTimeout) as exc:
+            assert type(exc) is {"drop": httpx.RemoteProtocolError, "hang": httpx.ReadTimeout}[fault.split("_")[0]]
+            continue
+        if fault == "http_500_after_create":
+            assert (r.status_code, r.headers["content-type"].split(";")[0]) == (500, "text/html")
+        else:
+            assert r.json()["errorCode"] == "ERROR_" + fault.removesuffix("_after_create").upper()
+            assert "taskId" not in r.json()
+    # a request that fails validation creates nothing, so the fault is not applied
+    fake.control(faults={api.create: {"http_500_after_create": 1.0}})
+    assert client.post(api.path(api.create), json=api.keyed()).status_code == 200
+    assert api.jobs(fake.stats())["created"] == len(faults)
+    assert fake.stats()["charged"] == str(len(faults) * Decimal("0.00055"))
+    entries = [e for e in fake.log() if e["path"] == api.path(api.create)]
+    assert [e["fault"] for e in entries] == [*faults, None] and entries[-1]["job_id"] is None
+    # each job exists and can be polled by the id the log names (a client never learns it)
+    assert all(api.solved(api.ask(client, e["job_id"])) for e in entries[:-1])
 
 
-def test_result_faults(kit: Kit, fake: FakeOmocaptcha, client: httpx.Client) -> None:
+def test_v1_faults_that_change_the_answer(kit: Manifest, fake: FakeOmocaptcha, client: httpx.Client) -> None:
     fake.control(solve_seconds=60)
-    running = create(client, rotate_body(kit))
+    running = V1.new(client, V1.whirl(kit))
     fake.control(solve_seconds=0)
-    unsolvable = rotate_body(kit)
-    unsolvable["data"]["image_base64"] = "|".join(reversed(unsolvable["data"]["image_base64"].split("|")))
-    failed = create(client, unsolvable)
-    solved = create(client, rotate_body(kit))
-    answer = str(round(kit.challenge("whirl")["drag_px"]))
+    failed = V1.new(client, V1.rotate(b64(kit, "whirl", 0, "outer"), b64(kit, "whirl", 0, "inner")))
+    solved = V1.new(client, V1.whirl(kit))
+    answer = str(round(kit.whirls()[0].drag_px))
 
     def polls(fault: str) -> list[dict[str, Any]]:
         fake.control(faults={"getJobResult": {fault: 1.0}})
-        return [result(client, job) for job in (running, failed, solved)]
+        return [V1.ask(client, job) for job in (running, failed, solved)]
 
     assert polls("empty_result") == [
         {"error": False, "status": "running", "result": ""},
@@ -707,233 +457,154 @@ def test_result_faults(kit: Kit, fake: FakeOmocaptcha, client: httpx.Client) -> 
         {"error": False, "status": "success", "result": answer},
     ]
     assert polls("unknown_status") == [{"error": False, "status": "queued", "result": None}] * 3
-    assert polls("success_field") == [
-        {"error": False, "status": "running", "result": None, "success": False},
-        {"error": False, "status": "fail", "result": None, "success": False},
-        {"error": False, "status": "success", "result": answer, "success": True},
-    ]
+    assert [p["success"] for p in polls("success_field")] == [False, False, True]
     # where a fault changed nothing, the log says no fault
     faults = [e["fault"] for e in fake.log() if e["path"] == "/api/getJobResult"]
-    assert (
-        faults
-        == ["empty_result", "empty_result", None, "waiting_status", None, None]
-        + ["unknown_status"] * 3
-        + ["success_field"] * 3
-    )
-
-
-def test_success_field_on_other_endpoints(kit: Kit, fake: FakeOmocaptcha, client: httpx.Client) -> None:
+    assert faults == ["empty_result", "empty_result", None, "waiting_status", None, None, *["unknown_status"] * 3,
+                      *["success_field"] * 3]
     fake.control(faults={"createJob": {"success_field": 1.0}, "getBalance": {"success_field": 1.0}})
-    r = client.post("createJob", json=rotate_body(kit)).json()
-    assert r["success"] is True and r["error"] is False and isinstance(r["job_id"], int)
-    assert client.post("getBalance", json={"api_token": "bad"}).json() == {
-        "error": True,
-        "message": "Invalid api token.",
-        "success": False,
-    }
+    assert client.post("/api/createJob", json=V1.whirl(kit)).json()["success"] is True
+    assert client.post("/api/getBalance", json={"api_token": "bad"}).json() == {**V1.bad_key, "success": False}
 
 
-def test_fault_shares_spread_exactly(fake: FakeOmocaptcha, client: httpx.Client) -> None:
-    fake.control(draw="spread", faults={"getBalance": {"http_500": 0.25, "error_true": 0.25}})
-    answers = []
-    for _ in range(16):
-        r = client.post("getBalance", json={"api_token": KEY})
-        answers.append("500" if r.status_code == 500 else "busy" if r.json()["error"] else "ok")
-    assert answers.count("500") == 4 and answers.count("busy") == 4 and answers.count("ok") == 8
-
-
-def test_fault_shares_random_are_seeded(fake: FakeOmocaptcha, client: httpx.Client) -> None:
-    def run(seed: int) -> list[int]:
-        fake.control(seed=seed, faults={"getService": {"http_502": 0.5}})
-        return [client.post("getService", json={"api_token": KEY}).status_code for _ in range(20)]
-
-    first = run(11)
-    assert first == run(11)
-    assert 0 < first.count(502) < 20
-
-
-def test_every_fault_is_covered() -> None:
-    covered = {
-        "http_500",
-        "http_502",
-        "http_429",
-        "non_json",
-        "wrong_shape",
-        "error_true",
-        "drop",
-        "hang",
-        "success_field",
-        "empty_result",
-        "waiting_status",
-        "unknown_status",
-        "http_500_after_create",
-        "drop_after_create",
-        "hang_after_create",
-    }
-    assert {f for faults in FAULTS_BY_ENDPOINT.values() for f in faults} == covered
+def test_every_fault_is_tested_here() -> None:
+    tested = {*HTML_FAULTS, "wrong_shape", "error_true", *TEMPORARY, "drop", "hang", *AFTER_CREATE["v2"],
+              "empty_result", "waiting_status", "unknown_status", "success_field", "empty_solution"}
+    assert {f for faults in ALL_FAULTS_BY_ENDPOINT.values() for f in faults} == tested
 
 
 # ------------------------------------------------------------------------------------------------ log and stats
 
 
-def test_log_hides_image_bytes(kit: Kit, fake: FakeOmocaptcha, client: httpx.Client, ctl: httpx.Client) -> None:
-    body = rotate_body(kit)
-    create(client, body)
-    prefixed = slide_body(kit)
-    prefixed["data"]["image_base64"] = "data:image/jpeg;base64," + prefixed["data"]["image_base64"]
-    client.post("createJob", json=prefixed)
-    raw_log = json.dumps(ctl.get("/_log").json())
-    for part in body["data"]["image_base64"].split("|"):
-        assert part[:100] not in raw_log
-    entry = fake.log()[0]
-    assert entry["path"] == "/api/createJob" and entry["status"] == 200 and entry["fault"] is None
-    assert isinstance(entry["time"], float) and entry["body"]["api_token"] == KEY
-    w = kit.challenge("whirl")
-    inner, outer = entry["body"]["data"]["image_base64"]
-    for summary, role in ((inner, "inner"), (outer, "outer")):
-        data = kit.raw(w, role)
-        assert summary == {
-            "sha256": hashlib.sha256(data).hexdigest(),
-            "bytes": len(data),
-            "format": "png",
-            "challenge": w["id"],
-            "role": role,
-        }
-    (bg,) = fake.log()[1]["body"]["data"]["image_base64"]
-    assert bg["data_prefix"] is True and bg["format"] == "jpeg" and bg["role"] == "background"
-    assert fake.log()[1]["response"] == {
-        "error": True,
-        "message": "image_base64 must be plain base64, without a data: prefix.",
-    }
+def test_the_log_summarises_images(kit: Manifest, fake: FakeOmocaptcha, client: httpx.Client) -> None:
+    body = V1.whirl(kit)
+    V1.new(client, body)
+    client.post("/api/createJob", json=V1.slide("data:image/jpeg;base64," + b64(kit, "slide", 0, "background")))
+    raw_log = json.dumps(client.get("/_log").json())
+    assert all(part[:100] not in raw_log for part in body["data"]["image_base64"].split("|"))
     assert len(raw_log) < 3000
-    assert ctl.post("/_log/clear").json() == {"requests": []}
-    assert fake.log() == []
-    client.post("getService", json={"api_token": KEY})
+    entry, prefixed = fake.log()
+    assert (entry["path"], entry["status"], entry["fault"], entry["job_id"]) == ("/api/createJob", 200, None, 1_000_001)
+    assert isinstance(entry["time"], float) and entry["body"]["api_token"] == KEY
+    whirl = kit.whirls()[0]
+    for summary, role in zip(entry["body"]["data"]["image_base64"], ("inner", "outer"), strict=True):
+        data = kit.file(whirl.images[role]).read_bytes()
+        assert summary == {"sha256": whirl.images[role].sha256, "bytes": len(data), "format": "png",
+                           "challenge": whirl.id, "role": role}
+    (background,) = prefixed["body"]["data"]["image_base64"]
+    assert (background["data_prefix"], background["format"], background["role"]) == (True, "jpeg", "background")
+    assert prefixed["response"] == {"error": True, "message": "image_base64 must be plain base64, without a data: prefix."}
+    assert client.post("/_log/clear").json() == {"requests": []} and fake.log() == []
+    client.post("/api/getService", json={"api_token": KEY})
     fake.clear_log()
-    assert ctl.get("/_log").json() == {"requests": []}
+    assert client.get("/_log").json() == {"requests": []}
 
 
-def test_stats_count_polls_and_intervals(
-    kit: Kit, fake: FakeOmocaptcha, client: httpx.Client, ctl: httpx.Client
+def test_stats_count_polls_and_their_intervals(
+    kit: Manifest, fake: FakeOmocaptcha, client: httpx.Client, api: Api
 ) -> None:
-    # Held running for the first three polls, whatever the machine's load; ready at once after that.
-    fake.control(solve_seconds=0, hold=True)
-    job = create(client, rotate_body(kit))
-    other = create(client, slide_body(kit))
+    job = api.new(client, api.whirl(kit))
+    other = api.new(client, api.slide(b64(kit, "slide", 0, "background")))
     for _ in range(3):
-        assert result(client, job)["status"] == "running"
-        time.sleep(0.12)
-    fake.control(hold=False)
-    assert result(client, job)["status"] == "success"
-    result(client, job)  # one poll after the final answer
-    result(client, other)
-    deadline = time.monotonic() + 10
-    while ctl.get("/_stats").json()["jobs"]["running"]:  # the other job's solve time passing
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-    stats = ctl.get("/_stats").json()
-    per = stats["polls"]["per_job"][str(job)]
-    assert per["polls"] == 5 and per["polls_after_final"] == 1 and per["status"] == "success"
-    arrived = fake.state.jobs[job].polls
-    gaps = [(b - a) * 1000 for a, b in itertools.pairwise(arrived)]
-    assert per["min_interval_ms"] == round(min(gaps), 3) and min(gaps[:3]) >= 120  # slept 0.12 s between those
-    assert stats["polls"]["max"] == 5 and stats["polls"]["total"] == 6
-    assert stats["polls"]["min_interval_ms"] == per["min_interval_ms"]
-    assert stats["polls"]["per_job"][str(other)]["min_interval_ms"] is None
-    assert stats["jobs"] == {"created": 2, "running": 0, "succeeded": 2, "failed": 0}
-    assert stats["requests"]["createJob"] == 2 and stats["requests"]["getJobResult"] == 6
+        assert api.solved(api.ask(client, job))
+        time.sleep(0.05)
+    api.ask(client, 1 if api is V1 else str(uuid.uuid4()))  # no job: no poll
+    stats = client.get("/_stats").json()
     assert stats == fake.stats()
+    per = api.per_job(stats, job)
+    assert (per["polls"], per["polls_after_final"], per["status"]) == (3, 2, api.final_status)
+    assert per["challenge"] == kit.whirls()[0].id and per["min_interval_ms"] >= 50
+    assert (api.per_job(stats, other)["polls"], api.per_job(stats, other)["min_interval_ms"]) == (0, None)
+    polls = api.polls(stats)
+    assert (polls["total"], polls["max"], polls["min_interval_ms"]) == (3, 3, per["min_interval_ms"])
+    assert (stats["requests"][api.create], stats["requests"][api.result]) == (2, 4)
+    assert (V2 if api is V1 else V1).polls(stats)["total"] == 0  # each API counts its own
 
 
-# ------------------------------------------------------------------------------------------------ in-process fuzzing
+# ------------------------------------------------------------------------------------------------ fuzzing
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
     lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=12), children, max_size=3),
     max_leaves=10,
 )
-job_data = st.fixed_dictionaries(
-    {},
-    optional={
-        "type_job_id": st.sampled_from(["21", "23", 21, 23, "", None]) | json_values,
-        "image_base64": st.sampled_from(["", "|", "aGVsbG8=", "aGVsbG8=|aGVsbG8=", "data:x"]) | json_values,
-        "width_view": st.sampled_from([340, 0, -1, "340", 1e308]) | json_values,
-    },
-)
-
-
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(
-    body=st.fixed_dictionaries({}, optional={"api_token": st.sampled_from([KEY, "x", 1]), "data": job_data})
+images = st.sampled_from(["", "|", "aGVsbG8=", "aGVsbG8=|aGVsbG8=", "data:x"]) | json_values
+job_data = st.fixed_dictionaries({}, optional={
+    "type_job_id": st.sampled_from(["21", "22", "23", 23, ""]) | json_values,
+    "image_base64": images,
+    "width_view": st.sampled_from([340, 0, -1, "340", 1e308]) | json_values,
+})
+task_data = st.fixed_dictionaries({}, optional={
+    "type": st.sampled_from(["TiktokRotateWebTask", "TiktokSliderWebTask", "Tiktok3DSelectObjectWebTask", 23])
     | json_values,
-    endpoint=st.sampled_from(["createJob", "getJobResult", "getBalance", "getService"]),
-)
+    "imageBase64s": st.sampled_from([[], ["aGVsbG8=", "aGVsbG8="], ["", ""]]) | json_values,
+    "imageBase64": images,
+    "widthView": st.sampled_from([340, 0, "340", 340.0, 10**30]) | json_values,
+})
+bodies = st.fixed_dictionaries({}, optional={
+    "api_token": st.sampled_from([KEY, "x", 1]),
+    "clientKey": st.sampled_from([KEY, "x", 1]),
+    "data": job_data,
+    "task": task_data,
+    "job_id": st.sampled_from([1_000_001, "1000001"]) | json_values,
+    "taskId": st.sampled_from(["", "x"]) | json_values,
+    "id": st.lists(st.text(max_size=5), max_size=2) | json_values,
+    "isSuccess": st.booleans() | json_values,
+}) | json_values
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=bodies, endpoint=st.sampled_from(list(ALL_FAULTS_BY_ENDPOINT)))
 def test_fuzz_never_crashes_and_answers_the_error_shape(body: Any, endpoint: str) -> None:
     state = FakeState([KEY])
     outcome = state.api(endpoint, "application/json", json.dumps(body).encode())
     assert outcome.status == 200 and outcome.body is not None
-    assert isinstance(outcome.body["error"], bool)
-    if outcome.body["error"]:
-        assert set(outcome.body) == {"error", "message"} and isinstance(outcome.body["message"], str)
-    assert not state.jobs  # no fuzzed body holds a real image
+    if endpoint.startswith("v2/"):
+        assert outcome.body["errorId"] in (0, 1)
+        if outcome.body["errorId"]:
+            assert set(outcome.body) == {"errorId", "errorCode", "errorDescription"}
+            assert isinstance(outcome.body["errorCode"], str) and isinstance(outcome.body["errorDescription"], str)
+    else:
+        assert isinstance(outcome.body["error"], bool)
+        if outcome.body["error"]:
+            assert set(outcome.body) == {"error", "message"} and isinstance(outcome.body["message"], str)
+    assert not state.jobs and not state.tasks  # no fuzzed body holds a real image
     state.summarize(body)
 
 
 # ------------------------------------------------------------------------------------------------ the command line
 
 
-def test_command_line(kit: Kit) -> None:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tests.kit.fake_omocaptcha",
-            "--port",
-            "0",
-            "--key",
-            KEY,
-            "--key",
-            KEY2,
-            "--manifest",
-            str(kit.dir),
-            "--solve-seconds",
-            "0",
-            "--fault",
-            "getService:http_502=1",
-            "--draw",
-            "spread",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+def _fake_process(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "tests.kit.fake_omocaptcha", *args], cwd=ROOT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def test_command_line_serves_both_apis(kit: Manifest) -> None:
+    proc = _fake_process("--port", "0", "--key", KEY, "--key", KEY2, "--manifest", str(kit.root), "--balance", "2.5",
+                         "--fault", "v2/getBalance:http_502=1", "--draw", "spread")
     try:
         assert proc.stdout is not None
-        line = proc.stdout.readline()
-        info = json.loads(line)
-        assert set(info) == {"port", "base_url", "v2_base_url"}
-        assert info["base_url"] == f"http://127.0.0.1:{info['port']}/api/"
-        with httpx.Client(base_url=info["base_url"]) as c:
-            job = create(c, rotate_body(kit))
-            assert result(c, job)["result"] == str(round(kit.challenge("whirl")["drag_px"]))
-            assert c.post("getService", json={"api_token": KEY}).status_code == 502
-            settings_ = c.get(f"http://127.0.0.1:{info['port']}/_control").json()
+        info = json.loads(proc.stdout.readline())
+        port = info["port"]
+        assert info == {"port": port, "base_url": f"http://127.0.0.1:{port}/api/",
+                        "v2_base_url": f"http://127.0.0.1:{port}/v2/"}
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}") as c:
+            assert V1.ask(c, V1.new(c, V1.whirl(kit)))["result"] == str(round(kit.whirls()[0].drag_px))
+            assert V2.solved(V2.ask(c, V2.new(c, V2.whirl(kit))))
+            assert c.post("/v2/getBalance", json={"clientKey": KEY}).status_code == 502
+            assert c.post("/api/getBalance", json={"api_token": KEY}).json()["balance"] == "2.49890"  # one account
+            settings_ = c.get("/_control").json()
             assert settings_["keys"] == [KEY, KEY2] and settings_["draw"] == "spread"
     finally:
         proc.terminate()
         assert proc.wait(10) == 0
 
 
-def test_command_line_rejects_bad_faults(kit: Kit) -> None:
-    r = subprocess.run(
-        [sys.executable, "-m", "tests.kit.fake_omocaptcha", "--key", KEY, "--fault", "getBalance:empty_result=1"],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=20,
-    )
-    assert r.returncode == 2 and "empty_result" in r.stderr and r.stdout == ""
+@pytest.mark.parametrize(("fault", "wrong"), [("getBalance:empty_result=1", "empty_result"),
+                                              ("createTask:http_500=1", "createTask")])
+def test_command_line_refuses_a_bad_fault(fault: str, wrong: str) -> None:
+    proc = _fake_process("--key", KEY, "--fault", fault)
+    out, err = proc.communicate(timeout=20)
+    assert (proc.returncode, out) == (2, "") and wrong in err
