@@ -2,8 +2,10 @@
 
     uv run python -m scripts.eval_3d [--data ../shared/samples/3d-train] [--threshold 0.5] [--markdown]
 
-Per split of the model's own split by source (`meta.split`, written by scripts/train_3d.py): right (each point in
-a different box of the duplicated shape), answered at the threshold, right when answered, a reliability table,
+Per split of the model's own split by source (`meta.split`, written by scripts/train_3d.py), for the files as they
+are (with their pasted black rectangles) and for the recombined source pictures (without them, as real challenges
+are; see scripts/train_3d.py): right (each point in a different box of the duplicated shape), answered at the
+threshold, right when answered, a reliability table,
 time per solve (decode included, one core) and the confusions left (true pair class -> the classes answered).
 Then images that are not this captcha (a whirl ring, a slide-sized noise picture, a blank, a photo-like
 landscape as a slide background) given as 3d: refused
@@ -27,7 +29,7 @@ from PIL import Image
 
 from addon.solving.vision import objects3d as o3
 from addon.solving.vision.common import VisionError
-from scripts.train_3d import DEFAULT_DATA, inside, is_right, load_labels
+from scripts.train_3d import DEFAULT_DATA, challenges, inside, is_right, load_labels
 from tests.kit.synth import landscape
 
 DEFAULT_THRESHOLD = 0.5
@@ -67,24 +69,25 @@ def evaluate(data: Path, threshold: float, markdown: bool) -> str:
     labels = load_labels(data)
     rows: dict[str, list[tuple[bool, float, float]]] = defaultdict(list)
     confusions: dict[str, Counter[str]] = defaultdict(Counter)
-    for name in sorted(labels):
-        lab = labels[name]
-        if lab["pair"] is None:
-            continue
-        s = split.get(lab["source"], "unknown")
-        raw = (data / name).read_bytes()
-        start = time.perf_counter()
-        try:
-            r = o3.solve_3d(raw, model)
-        except VisionError:
-            rows[s].append((False, 0.0, time.perf_counter() - start))
-            continue
-        dt = time.perf_counter() - start
-        ok = is_right(r.points, lab)
-        rows[s].append((ok, r.confidence, dt))
-        if not ok and s == "test":
-            got = [next((b["cls"] for b in lab["boxes"] if inside(b["box"], *p)), "-") for p in r.points]
-            confusions[lab["pair"]["cls"]]["+".join(sorted(got))] += 1
+    for which in ("train", "calib", "test"):
+        for name, bgr, lab in challenges(data, labels, split, which):
+            if lab["pair"] is None:
+                continue
+            recombined = name.endswith(" recombined")
+            s = f"{which}, recombined" if recombined else which
+            raw = cv2.imencode(".png", bgr)[1].tobytes() if recombined else (data / name).read_bytes()
+            start = time.perf_counter()
+            try:
+                r = o3.solve_3d(raw, model)
+            except VisionError:
+                rows[s].append((False, 0.0, time.perf_counter() - start))
+                continue
+            dt = time.perf_counter() - start
+            ok = is_right(r.points, lab)
+            rows[s].append((ok, r.confidence, dt))
+            if not ok and which == "test":
+                got = [next((b["cls"] for b in lab["boxes"] if inside(b["box"], *p)), "-") for p in r.points]
+                confusions[lab["pair"]["cls"]]["+".join(sorted(got))] += 1
 
     def table(title: str, header: list[str], body: list[list[str]]) -> str:
         if markdown:
@@ -94,7 +97,7 @@ def evaluate(data: Path, threshold: float, markdown: bool) -> str:
 
     out = []
     body = []
-    for s in ("train", "calib", "test"):
+    for s in ("train", "train, recombined", "calib", "calib, recombined", "test", "test, recombined"):
         rs = rows[s]
         if not rs:
             continue
@@ -107,7 +110,7 @@ def evaluate(data: Path, threshold: float, markdown: bool) -> str:
     out.append(table(f"3d: by split (threshold {threshold})",
                      ["split", "challenges", "right", "answered", "right when answered", "p50 ms", "p99 ms"], body))
     rel = []
-    for s in ("calib", "test"):
+    for s in ("calib", "calib, recombined", "test", "test, recombined"):
         for lo, hi in itertools.pairwise(BINS):
             sel = [ok for ok, c, _ in rows[s] if lo <= c < hi]
             if sel:

@@ -6,6 +6,7 @@ import io
 import json
 import random
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
@@ -16,7 +17,7 @@ from tests.conftest import SAMPLES, sample, samples_missing
 from tests.kit.synth import landscape
 
 TRAIN = SAMPLES / "3d-train"
-RIGHT_MIN = 0.5
+RIGHT_MIN = 0.8
 """Held-out share right that the test asks (scripts/eval_3d.py measures the real figure; see BENCHMARKS.md)."""
 
 
@@ -37,16 +38,35 @@ def test_model_loads_with_its_split() -> None:
     assert set(split.values()) == {"train", "calib", "test"}
     assert m.meta["split_counts"] == {"train": 214, "calib": 72, "test": 71}
     assert len(m.meta["classes"]) == 45
-    assert o3.MODEL_PATH.stat().st_size <= 2 * 1024 * 1024
+    assert o3.MODEL_PATH.stat().st_size + o3.DETECTOR_PATH.stat().st_size <= 2 * 1024 * 1024
 
 
-def test_onnx_runs_in_opencv_as_trained() -> None:
-    """cv2.dnn, in this environment, gives the logits torch gave at training time for the recorded probe input."""
+@pytest.mark.parametrize("which", ["classifier", "detector"])
+def test_onnx_runs_in_opencv_as_trained(which: str) -> None:
+    """cv2.dnn, in this environment, gives what torch gave at training time for the recorded probe input."""
     m = o3.load_model()
-    probe = m.meta["probe"]
+    probe, net = (m.meta["probe"], m.net) if which == "classifier" else (m.meta["detector"]["probe"], m.detector)
     x = np.random.default_rng(probe["seed"]).standard_normal(probe["shape"]).astype(np.float32)
-    m.net.setInput(x)
-    np.testing.assert_allclose(np.asarray(m.net.forward()), np.array(probe["logits"]), atol=2e-3)
+    net.setInput(x)
+    got = np.asarray(net.forward()).reshape(-1)
+    np.testing.assert_allclose(got[:: max(1, got.size // 64)], np.array(probe["sample"]), atol=2e-3)
+
+
+def test_detector_finds_the_seven_objects_of_a_recombined_held_out_picture() -> None:
+    """The copies of one test-split source, recombined (their black rectangles drop out): each labelled object has
+    a detection whose centre lies in its box."""
+    if not (TRAIN / "labels.json").exists():
+        samples_missing(TRAIN / "labels.json")
+    labels = json.loads((TRAIN / "labels.json").read_text())["labels"]
+    m = o3.load_model()
+    source = sorted(s for s, v in m.meta["split"].items() if v == "test")[0]
+    names = [n for n in sorted(labels) if labels[n]["source"] == source]
+    pictures = [np.asarray(cv2.imread(str(TRAIN / n))) for n in names]
+    found = o3.find_objects(np.max(np.stack(pictures), axis=0), m)
+    centres = [(b[0] + b[2] / 2, b[1] + b[3] / 2) for b, _ in found]
+    for ob in labels[names[0]]["boxes"]:
+        assert any(_inside(ob["box"], c) for c in centres), ob
+    assert len(found) <= o3.MAX_OBJECTS
 
 
 def test_crops_are_colour_blind() -> None:

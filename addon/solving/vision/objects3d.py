@@ -1,16 +1,15 @@
 """3D objects ("Select 2 objects that are the same shape"): the centres of the two objects that share a shape.
 
-Objects: the ground is pale and nearly grey, its shadows light grey; an object is what is coloured (saturation) or
-dark. Pure-black pixels are left out (the training copies have black rectangles pasted on them; a real challenge
-has none). Connected regions of that mask, big enough, are the objects; a region is first cut where its colour
-changes sharply (two touching objects of different colours), each part growing back over the cut.
+Objects: a small fully convolutional detector (ONNX, run by `cv2.dnn`) looks at the picture at half size and
+gives, per 8-px cell, how likely an object's centre is there and that object's box; its local maxima are the
+objects (a real challenge has 7; they touch and overlap, which is why thresholding the pale ground was not enough).
 
 Shape: each object's square crop (grey levels standardised within the object pixels so colour and lighting drop
-out, plus the object mask, scaled to CROP x CROP so size drops out) goes through a small CNN (ONNX, run by
-`cv2.dnn`; trained by `scripts/train_3d.py` on the ground-truth boxes of the training split) that gives a
-probability per shape class. The answer is the pair of objects most likely to share a class (sum over classes of
-p_i(c) p_j(c)); its confidence is a logistic of that score and of how far ahead of the runner-up pair it is, fitted
-on the calibration split (other sources than training) and shifted so that 0.5 is where answers are 99 % right.
+out, plus the object mask: what is coloured or dark on the pale ground, scaled to CROP x CROP so size drops out)
+goes through a small CNN that gives a probability per shape class. The answer is the pair of objects most likely
+to share a class (sum over classes of p_i(c) p_j(c)); its confidence is a logistic of that score and of how far
+ahead of the runner-up pair it is, fitted on the calibration split (other sources than training) and shifted so
+that 0.5 is where answers are 99 % right. Both networks are trained by `scripts/train_3d.py`.
 """
 
 from __future__ import annotations
@@ -34,13 +33,20 @@ MODELS = Path(__file__).with_name("models")
 MODEL_PATH = MODELS / "objects3d.onnx"
 META_PATH = MODELS / "objects3d.json"
 
-MIN_AREA = 150
-"""Smallest region (natural px) that counts as an object; letters are a few hundred px and more."""
-MAX_OBJECTS = 12
-"""More regions than this: the biggest are kept (a real challenge has 7)."""
+DETECTOR_PATH = MODELS / "objects3d_detector.onnx"
+DETECTOR_WIDTH, DETECTOR_HEIGHT = WIDTH // 2, HEIGHT // 2
+DETECTOR_STRIDE = 8
+"""Natural pixels per cell of the detector's output map (stride 4 on its half-size input)."""
+SIZE_UNIT = 32.0
+"""The detector predicts log(width / SIZE_UNIT), log(height / SIZE_UNIT) in natural pixels."""
+DETECTION_MIN = 0.1
+"""Smallest centre score that counts as an object."""
+SURE_DETECTION, SURE_OBJECTS_MIN = 0.3, 5
+"""A picture with fewer than SURE_OBJECTS_MIN objects scoring SURE_DETECTION is not this captcha: every labelled
+calib picture has 6 or more (7 objects each), a whirl ring stretched to this size 2."""
+MAX_OBJECTS = 9
+"""More objects than this: the best are kept (a real challenge has 7)."""
 SATURATION_MIN, VALUE_MAX, BLACK_MAX = 28, 165, 30
-CHROMA_EDGE = 10.0
-"""A jump of the Lab (a, b) colour this big between neighbours is the border of two touching objects."""
 CROP = 48
 """Side of the square each object is scaled to for the network."""
 CONTEXT = 1.15
@@ -71,6 +77,8 @@ class ObjectsResult:
 class Model:
     net: Any
     """cv2.dnn network: (N, 2, CROP, CROP) float32 -> (N, classes) logits."""
+    detector: Any
+    """cv2.dnn network: (1, 3, DETECTOR_HEIGHT, DETECTOR_WIDTH) -> (1, 5, H / 4, W / 4), see decode_detections."""
     conf: tuple[float, float, float]
     """bias, weight of the best pair's log score, weight of its log margin over the runner-up."""
     meta: dict[str, Any]
@@ -81,15 +89,15 @@ def read_net(path: Path) -> Any:
 
 
 @cache
-def load_model(path: Path = MODEL_PATH, meta_path: Path = META_PATH) -> Model:
+def load_model(path: Path = MODEL_PATH, meta_path: Path = META_PATH, detector_path: Path = DETECTOR_PATH) -> Model:
     meta: dict[str, Any] = json.loads(meta_path.read_text())
     c = meta["calibration"]
-    return Model(read_net(path), (float(c[0]), float(c[1]), float(c[2])), meta)
+    return Model(read_net(path), read_net(detector_path), (float(c[0]), float(c[1]), float(c[2])), meta)
 
 
-def object_mask(bgr: U8) -> tuple[U8, U8]:
-    """The objects' pixels (uint8 0/1) and the pasted black pixels (bool) of a BGR image."""
-    hsv = cv2.cvtColor(bgr, cv2.COLOR_BGR2HSV)
+def object_mask(bgr: U8, hsv: U8 | None = None) -> tuple[U8, U8]:
+    """The objects' pixels (uint8 0/1) and the pasted black pixels (bool) of a BGR image (and its HSV)."""
+    hsv = cv2.cvtColor(bgr, cv2.COLOR_BGR2HSV) if hsv is None else hsv
     black_u8: U8 = (bgr.max(axis=2) < BLACK_MAX).astype(np.uint8)
     black_u8 = cv2.morphologyEx(black_u8, cv2.MORPH_OPEN, np.ones((5, 5), np.uint8))
     black = cv2.dilate(black_u8, np.ones((3, 3), np.uint8)).astype(bool)
@@ -100,49 +108,35 @@ def object_mask(bgr: U8) -> tuple[U8, U8]:
     return m, black
 
 
-def colour_cuts(bgr: U8) -> U8:
-    """Pixels (bool) where the (a, b) colour changes sharply: the borders between touching objects."""
-    lab = cv2.cvtColor(cv2.GaussianBlur(bgr, (3, 3), 0), cv2.COLOR_BGR2LAB).astype(np.float32)
-    edge: U8 = np.zeros(bgr.shape[:2], np.float32)
-    for ch in (1, 2):
-        gx: U8 = cv2.Sobel(lab[:, :, ch], cv2.CV_32F, 1, 0, ksize=3) / 4.0
-        gy: U8 = cv2.Sobel(lab[:, :, ch], cv2.CV_32F, 0, 1, ksize=3) / 4.0
-        edge = edge + gx * gx + gy * gy
-    return np.sqrt(edge) > CHROMA_EDGE
+def detector_input(bgr: U8) -> npt.NDArray[np.float32]:
+    """(1, 3, DETECTOR_HEIGHT, DETECTOR_WIDTH): the picture at half size, scaled to about -2..2."""
+    small = cv2.resize(bgr, (DETECTOR_WIDTH, DETECTOR_HEIGHT), interpolation=cv2.INTER_AREA)
+    x = (small.astype(np.float32) * (1.0 / 255.0) - 0.5) * 4.0
+    return x.transpose(2, 0, 1)[None].copy()
 
 
-def find_objects(mask: U8, bgr: U8 | None = None) -> list[tuple[Box, U8]]:
-    """(box, the region's own mask within its box) for each object, biggest first. With the image, regions are cut
-    along sharp colour changes first, and every cut pixel joins the nearest part of its own region."""
-    _, regions = cv2.connectedComponents(mask, connectivity=8)
-    labels = regions
-    if bgr is not None:
-        core = (mask > 0) & ~colour_cuts(bgr)
-        n, lab, stats, _ = cv2.connectedComponentsWithStats(core.astype(np.uint8), connectivity=4)
-        keep = np.zeros(n, bool)
-        keep[1:] = stats[1:, 4] >= MIN_AREA // 2
-        markers = np.where(keep[lab], lab, 0).astype(np.int32)
-        if markers.any():
-            _, nearest = cv2.distanceTransformWithLabels((markers == 0).astype(np.uint8), cv2.DIST_L2, 3,
-                                                         labelType=cv2.DIST_LABEL_PIXEL)
-            ys, xs = np.nonzero(markers)
-            marker_of = np.zeros(int(nearest.max()) + 1, np.int32)
-            region_of = np.zeros_like(marker_of)
-            marker_of[nearest[ys, xs]] = markers[ys, xs]
-            region_of[nearest[ys, xs]] = regions[ys, xs]
-            same = (mask > 0) & (region_of[nearest] == regions)
-            labels = np.where(same, marker_of[nearest], 0).astype(np.int32)
-            orphan = (mask > 0) & (labels == 0)  # a region with no part big enough stays whole
-            labels[orphan] = regions[orphan] + n
-    found: list[tuple[Box, U8]] = []
-    for v in np.unique(labels[labels > 0]):
-        k, parts, stats, _ = cv2.connectedComponentsWithStats((labels == v).astype(np.uint8), connectivity=8)
-        for i in range(1, k):
-            if stats[i, 4] >= MIN_AREA:
-                x, y, w, h = (int(q) for q in stats[i, :4])
-                found.append(((x, y, w, h), (parts[y:y + h, x:x + w] == i).astype(np.uint8)))
-    found.sort(key=lambda t: -int(t[1].sum()))
-    return found[:MAX_OBJECTS]
+def decode_detections(out: npt.NDArray[np.float32]) -> list[tuple[Box, float]]:
+    """The detector's (5, H, W) output (centre logit; x, y offset in the cell; log width, log height over
+    SIZE_UNIT) as boxes in natural pixels with their scores, best first: the local maxima of the centre map."""
+    heat = 1.0 / (1.0 + np.exp(-out[0]))
+    peak = (heat == cv2.dilate(heat, np.ones((3, 3), np.float32))) & (heat >= DETECTION_MIN)
+    ys, xs = np.nonzero(peak)
+    order = np.argsort(-heat[ys, xs])[:MAX_OBJECTS]
+    found: list[tuple[Box, float]] = []
+    for y, x in zip(ys[order], xs[order], strict=True):
+        ox, oy, lw, lh = (float(v) for v in out[1:, y, x])
+        cx, cy = (x + ox) * DETECTOR_STRIDE, (y + oy) * DETECTOR_STRIDE
+        w, h = math.exp(min(lw, 3.0)) * SIZE_UNIT, math.exp(min(lh, 3.0)) * SIZE_UNIT
+        x0, y0 = max(0, round(cx - w / 2)), max(0, round(cy - h / 2))
+        box = (x0, y0, max(1, min(WIDTH, round(cx + w / 2)) - x0), max(1, min(HEIGHT, round(cy + h / 2)) - y0))
+        found.append((box, float(heat[y, x])))
+    return found
+
+
+def find_objects(bgr: U8, model: Model) -> list[tuple[Box, float]]:
+    """Every object the detector finds, (box, score), best first."""
+    model.detector.setInput(detector_input(bgr))
+    return decode_detections(np.asarray(model.detector.forward())[0])
 
 
 def crop_patch(bgr: U8, mask: U8, box: tuple[float, float, float, float], *, scale: float = 1.0,
@@ -193,9 +187,8 @@ def prepare(image: bytes) -> tuple[U8, float, float]:
     return bgr, d.width / WIDTH, d.height / HEIGHT
 
 
-def ground_is_pale(bgr: U8, mask: U8, black: U8) -> bool:
+def ground_is_pale(hsv: U8, mask: U8, black: U8) -> bool:
     """This captcha's ground: most of the picture is light and grey (a photo, a ring or noise is not)."""
-    hsv = cv2.cvtColor(bgr, cv2.COLOR_BGR2HSV)
     ground = (mask == 0) & ~black
     if ground.mean() < 0.5:
         return False
@@ -212,12 +205,14 @@ def softmax(logits: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
 
 def classify(bgr: U8, model: Model) -> tuple[list[Box], npt.NDArray[np.float64]]:
     """The objects' boxes and each one's class probabilities."""
-    mask, black = object_mask(bgr)
-    if not ground_is_pale(bgr, mask, black):
+    hsv = cv2.cvtColor(bgr, cv2.COLOR_BGR2HSV)
+    mask, black = object_mask(bgr, hsv)
+    if not ground_is_pale(hsv, mask, black):
         raise VisionError("3d image: no pale ground (not a 3D-objects captcha)")
-    objects = find_objects(mask, bgr)
-    if len(objects) < 2:
-        raise VisionError(f"3d image: {len(objects)} object(s) found, two at least are needed")
+    objects = find_objects(bgr, model)
+    sure = sum(1 for _, score in objects if score >= SURE_DETECTION)
+    if sure < SURE_OBJECTS_MIN:
+        raise VisionError(f"3d image: {sure} clear object(s) found, not the 7 of this captcha")
     boxes = [b for b, _ in objects]
     batch = np.stack([net_input(*crop_patch(bgr, mask, b)) for b in boxes])
     model.net.setInput(batch)
@@ -247,7 +242,7 @@ def solve_3d(image: bytes, model: Model | None = None) -> ObjectsResult:
     """The two objects of the same shape in a 552x344 3D-objects captcha (any format OpenCV decodes).
 
     Raises VisionError for input that cannot be this captcha (not an image, blank, another shape, no pale ground,
-    fewer than two objects)."""
+    fewer than five clear objects)."""
     m = model or load_model()
     bgr, sx, sy = prepare(image)
     boxes, probs = classify(bgr, m)
