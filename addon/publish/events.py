@@ -85,7 +85,7 @@ class Captured(Event):
         if self.kind == "slide" and self.tip_y is not None:
             out["tip_y"] = self.tip_y
         kind = kind_of_mode(self.kind)
-        if kind is not None and SPECS[kind].answer == "points":
+        if kind is not None and SPECS[kind].has_question:
             out["question"] = self.question
         if self.verify_id:
             out["verify_id"] = self.verify_id
