@@ -9,14 +9,20 @@ from __future__ import annotations
 
 import datetime
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from addon.capture.assemble import ImagePart
 from addon.capture.images import Role
 from addon.kinds import SPECS, FailureReason, kind_of_mode
-from addon.solving.base import Answer
 
 FINAL = frozenset(("solved", "failed"))
+
+
+class AnswerJson(Protocol):
+    """What an event needs of a solver's answer (`addon/solving/base.py`: SlideAnswer, RotateAnswer, PointsAnswer):
+    its JSON. A protocol, so that publish, downstream of solving, imports nothing from it."""
+
+    def to_json(self) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +114,7 @@ class Solved(Event):
     service: str
     job_id: str | int | None
     result: str
-    answer: Answer
+    answer: AnswerJson
     elapsed_ms: int
     confidence: float | None = None
     tried: tuple[str, ...] = ()
