@@ -64,6 +64,9 @@ class KindSpec:
     path_sign: re.Pattern[str] | None
     """A path that carries this sign is this kind's image even without a get (`/3d_`, `/icon_`)."""
     answer: AnswerType
+    has_question: bool = False
+    """The get may carry a prompt (3d, icon): it is read, and the `captured` event has `question` (null when the
+    traffic did not carry one)."""
     needs_question: bool = False
     """The solvers need the prompt text (icon): without it the challenge fails `no_question`, unpaid."""
 
@@ -81,11 +84,12 @@ SPECS: dict[Kind, KindSpec] = {
     ),
     Kind.THREE_D: KindSpec(
         Kind.THREE_D, modes=("3d",), url_roles=(Role.IMAGE,), needs=frozenset({Role.IMAGE}), optional=frozenset(),
-        geometry_roles=frozenset(), path_sign=re.compile(r"/3d_"), answer="points",
+        geometry_roles=frozenset(), path_sign=re.compile(r"/3d_"), answer="points", has_question=True,
     ),
     Kind.ICON: KindSpec(
         Kind.ICON, modes=("icon",), url_roles=(Role.IMAGE,), needs=frozenset({Role.IMAGE}), optional=frozenset(),
-        geometry_roles=frozenset(), path_sign=re.compile(r"/icon_"), answer="points", needs_question=True,
+        geometry_roles=frozenset(), path_sign=re.compile(r"/icon_"), answer="points", has_question=True,
+        needs_question=True,
     ),
 }
 

@@ -53,3 +53,13 @@ def _http_url(value: str) -> bool:
 
 HTTP_URL = Rule(str, "an http:// or https:// URL with a host", _http_url)
 """A paid service's base URL."""
+
+
+def _key(value: str) -> bool:
+    # The addon strips the key; whitespace or control characters inside it are a pasting accident.
+    key = value.strip()
+    return key.isprintable() and not any(c.isspace() for c in key)
+
+
+KEY = Rule(str, "the key alone: printable, no spaces inside (or empty)", _key)
+"""A paid service's key."""

@@ -17,6 +17,7 @@ from PIL import Image, ImageDraw
 
 from addon.mitm.capture import CaptchaCapture
 from addon.mitm.outlets import CaptchaEvents
+from addon.mitm.solving import CaptchaSolving
 from addon.wiring import build_addons
 from tests.conftest import seal
 
@@ -331,3 +332,22 @@ async def test_what_capture_remembers_is_bounded_the_least_recently_written_out_
         verified = [(e["challenge"], e["client"]) for e in events(sidecar) if e["event"] == "verified"]
         assert verified == [("a1", "10.0.0.2"), ("a1", "10.0.0.9"), ("b1", "10.0.0.3")]
         assert "names no challenge and 10.0.0.2 has none" in caplog.text
+
+
+async def test_the_solving_key_reaches_both_omocaptcha_services_and_a_missing_one_is_named(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO")
+    monkeypatch.setenv("OMOCAPTCHA_KEY", "env-key-2718")
+    addons = build_addons()
+    solving = next(a for a in addons if isinstance(a, CaptchaSolving))
+    with taddons.context(*addons) as tctx:
+        tctx.configure(solving, captcha_solvers="omocaptcha, omocaptcha-v2", captcha_sidecar="")
+        assert [s._key for s in solving.scheduler.config.solvers] == ["env-key-2718"] * 2  # type: ignore[attr-defined]
+    assert "captcha: solving key from OMOCAPTCHA_KEY" in caplog.text and "no key is set" not in caplog.text
+    monkeypatch.delenv("OMOCAPTCHA_KEY")
+    addons = build_addons()
+    solving = next(a for a in addons if isinstance(a, CaptchaSolving))
+    with taddons.context(*addons) as tctx:
+        tctx.configure(solving, captcha_solvers="local, omocaptcha-v2", captcha_sidecar="")
+    assert "names a paid service but no key is set (omocaptcha_key / OMOCAPTCHA_KEY)" in caplog.text

@@ -52,6 +52,14 @@ def test_captured() -> None:
     assert "tip_y" not in stamped(bare) and not bare.final
 
 
+def test_captured_has_question_for_the_kinds_whose_get_may_carry_a_prompt() -> None:
+    def doc(kind: str, question: str | None) -> dict[str, Any]:
+        return ev.Captured(client="d", challenge="c1", kind=kind, images={}, source="get", question=question).to_json()
+
+    assert doc("icon", "Which are round?")["question"] == "Which are round?" and doc("3d", None)["question"] is None
+    assert "question" not in doc("slide", "stray") and "question" not in doc("rotate", None)
+
+
 def test_solving() -> None:
     event = ev.Solving(client="10.0.0.2", challenge="c1", kind="rotate", service="omocaptcha-v1", job_id=42)
     assert stamped(event) == {**ENVELOPE, "event": "solving", "kind": "rotate", "service": "omocaptcha-v1",

@@ -117,7 +117,7 @@ async def test_the_workers_start_and_warm_up_once_however_often_the_solvers_are_
     monkeypatch.setattr(WorkerPool, "_build", build)
     async with httpx.AsyncClient() as http:
         factory = SolverFactory(http)
-        settings = ChainSettings(("local",), "", {o.name: o.default for o in SOLVER_OPTIONS})
+        settings = ChainSettings(("local",), {}, {o.name: o.default for o in SOLVER_OPTIONS})
         [solver] = factory.build(settings)
         assert builds == []  # made, not started: `mitmdump --options` starts no process
         factory.start()  # mitmproxy's `running`

@@ -25,6 +25,8 @@ from addon.mitm.options import (
     unknown_names,
     validate,
 )
+from addon.solving.omocaptcha_v1 import KEY
+from addon.solving.plugins import KeySpec
 
 SECRET = "sk-Z9q-very-secret"
 
@@ -367,14 +369,23 @@ def test_validate_checks_the_key_file(tmp_path: Path) -> None:
 def test_resolve_key_order(tmp_path: Path) -> None:
     path = str(_key_file(tmp_path, "from-file"))
     env = {"OMOCAPTCHA_KEY": " from-env "}
-    assert resolve_key(" from-option ", "", env) == options.Key("from-option", "omocaptcha_key")
-    assert resolve_key("", path, env) == options.Key("from-file", f"omocaptcha_key_file {path}")
-    assert resolve_key("", "", env) == options.Key("from-env", "OMOCAPTCHA_KEY")
-    assert resolve_key("", " ", {}) == options.Key("", "")
+    assert resolve_key(KEY, " from-option ", "", env) == options.Key("from-option", "omocaptcha_key")
+    assert resolve_key(KEY, "", path, env) == options.Key("from-file", f"omocaptcha_key_file {path}")
+    assert resolve_key(KEY, "", "", env) == options.Key("from-env", "OMOCAPTCHA_KEY")
+    assert resolve_key(KEY, "", " ", {}) == options.Key("", "")
     with pytest.raises(exceptions.OptionsError, match="omocaptcha_key and omocaptcha_key_file are both set"):
-        resolve_key("k", path, env)
+        resolve_key(KEY, "k", path, env)
     with pytest.raises(exceptions.OptionsError, match="no such file"):
-        resolve_key("", str(tmp_path / "gone"), env)
+        resolve_key(KEY, "", str(tmp_path / "gone"), env)
+
+
+def test_a_service_with_a_key_of_its_own_reads_its_own_option_and_variable() -> None:
+    own = KeySpec("third_key", "THIRD_KEY")
+    env = {"THIRD_KEY": "third-env", "OMOCAPTCHA_KEY": "omo-env"}
+    assert resolve_key(own, "", "", env) == options.Key("third-env", "THIRD_KEY")
+    assert resolve_key(own, "t-opt", "", env) == options.Key("t-opt", "third_key")
+    assert resolve_key(KEY, "", "", env) == options.Key("omo-env", "OMOCAPTCHA_KEY")
+    assert options.EXCLUSIVE == (("omocaptcha_key", "omocaptcha_key_file"),)
 
 
 def test_docs_options_table_is_written_from_the_declarations() -> None:

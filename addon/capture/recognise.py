@@ -224,7 +224,7 @@ def _challenge(item: dict[str, Any], verify_id: str | None) -> AnnouncedChalleng
         inline=inline,
         tip_y=_number(question.get("tip_y")),
         verify_id=_str(item.get("verify_id")) or verify_id,
-        question=_prompt(question) if kind is not None and SPECS[kind].answer == "points" else None,
+        question=_prompt(question) if kind is not None and SPECS[kind].has_question else None,
         malformed=malformed,
     )
 

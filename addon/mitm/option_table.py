@@ -13,6 +13,7 @@ from typing import Any
 
 from mitmproxy import flowfilter
 
+from addon.option_rules import KEY
 from addon.option_rules import AddonName as AddonName
 from addon.option_rules import Option as Option
 from addon.option_rules import Rule as Rule
@@ -28,6 +29,8 @@ SOLVER_NAMES = tuple(name for spec in SPECS for name in spec.names())
 """Every name captcha_solvers takes (addon/solving/registry.py); case and spaces do not matter."""
 SOLVER_OPTIONS: tuple[Option, ...] = tuple(o for spec in SPECS for o in spec.options)
 """The solvers' own options (their base URLs), from their specs."""
+SOLVER_KEYS = tuple(dict.fromkeys(spec.key for spec in SPECS if spec.key is not None))
+"""The paid services' keys, each once (v1 and v2 share one)."""
 
 
 def _client_key(value: str) -> bool:
@@ -58,12 +61,6 @@ def _usd(value: str) -> bool:
 def _token(value: str) -> bool:
     # The token travels in an Authorization header, whose value HTTP parsers strip: spaces around it never match.
     return value == value.strip() and value.isprintable()
-
-
-def _key(value: str) -> bool:
-    # The addon strips the key; whitespace or control characters inside it are a pasting accident.
-    key = value.strip()
-    return key.isprintable() and not any(c.isspace() for c in key)
 
 
 def _writable_file(value: str) -> bool:
@@ -151,7 +148,7 @@ OPTIONS: tuple[Option, ...] = (
             'omocaptcha API key; empty: the OMOCAPTCHA_KEY environment variable. Prefer the environment variable or '
             'omocaptcha_key_file: --set puts the key in ps and shell history.'
         ),
-        rule=Rule(str, "the key alone: printable, no spaces inside (or empty)", _key),
+        rule=KEY,
         shown_default='`""`, then `omocaptcha_key_file`, then `$OMOCAPTCHA_KEY`',
         doc=(
             "the paid services' key (v1 and v2 share it). Checked with the free balance call at start-up (the balance"

@@ -24,7 +24,8 @@ from typing import Any
 from mitmproxy import ctx, exceptions
 from mitmproxy.optmanager import OptManager, _UnconvertedStrings
 
-from addon.mitm.option_table import OPTIONS, RULES
+from addon.mitm.option_table import OPTIONS, RULES, SOLVER_KEYS
+from addon.solving.plugins import KeySpec
 
 logger = logging.getLogger(__name__)
 
@@ -33,12 +34,11 @@ PREFIXES = tuple(dict.fromkeys(["captcha_", *(o.name.split("_", 1)[0] + "_" for 
 prefixes that nobody registered is a typo."""
 SECRETS = frozenset(o.name for o in OPTIONS if o.secret)
 """Options whose value never appears in a message."""
-KEY_ENV = "OMOCAPTCHA_KEY"
 KEY_FILE_MAX = 4096
 _UNSAFE_MODE_BITS = stat.S_IRWXG | stat.S_IRWXO
 
 
-EXCLUSIVE = (("omocaptcha_key", "omocaptcha_key_file"),)
+EXCLUSIVE = tuple((k.option, k.file_option) for k in SOLVER_KEYS if k.file_option is not None)
 """Options that must not both be set (checked on the values given at start-up; configure checks later changes)."""
 
 _TYPE_WORDS = {bool: "true or false", int: "an integer", str: "text"}
@@ -162,15 +162,15 @@ def guard(updated: set[str]) -> None:
     validate_updated(ctx.options, updated)
 
 
-def read_key_file(path: str, *, warn: bool = True) -> str:
-    """The solving key held in the file at ``path`` (``~`` expanded): its content, stripped.
+def read_key_file(path: str, *, warn: bool = True, option: str = "omocaptcha_key_file") -> str:
+    """The key held in the file at ``path`` (``~`` expanded), the value of ``option``: its content, stripped.
 
     Raises ``OptionsError`` naming the path (never the content) when the file is missing, not a regular file,
     unreadable, too large, not UTF-8, empty, or holds more than one word. Logs a warning (unless ``warn`` is false)
     when group or others have any access to it.
     """
     full = os.path.expanduser(path)
-    what = f"omocaptcha_key_file={path!r}"
+    what = f"{option}={path!r}"
     try:
         fd = os.open(full, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO must not block the start
     except FileNotFoundError:
@@ -198,7 +198,7 @@ def read_key_file(path: str, *, warn: bool = True) -> str:
     if any(c.isspace() for c in key) or not key.isprintable():
         raise exceptions.OptionsError(f"{what}: must hold the key alone, on one line")
     if warn and info.st_mode & _UNSAFE_MODE_BITS:
-        logger.warning(f"captcha: omocaptcha_key_file {path!r} is open to group or others "
+        logger.warning(f"captcha: {option} {path!r} is open to group or others "
                        f"(mode {stat.S_IMODE(info.st_mode):04o}); run: chmod 600 {full}")
     return key
 
@@ -210,15 +210,16 @@ class Key:
     """Where it came from, for log lines: "omocaptcha_key", "omocaptcha_key_file /path", "OMOCAPTCHA_KEY" or ""."""
 
 
-def resolve_key(key: str, key_file: str, environ: Mapping[str, str]) -> Key:
-    """The solving key: the ``omocaptcha_key`` option, else the file ``omocaptcha_key_file`` names, else the
-    ``OMOCAPTCHA_KEY`` environment variable, else none (capture only). Both options set is an error."""
+def resolve_key(spec: KeySpec, key: str, key_file: str, environ: Mapping[str, str]) -> Key:
+    """A paid service's key: its option (``omocaptcha_key``), else the file its file option
+    (``omocaptcha_key_file``) names, else its environment variable (``OMOCAPTCHA_KEY``), else none (the services
+    that need it cannot be used). Both options set is an error."""
     key, key_file = key.strip(), key_file.strip()
     if key and key_file:
-        raise exceptions.OptionsError("omocaptcha_key and omocaptcha_key_file are both set: set only one")
+        raise exceptions.OptionsError(f"{spec.option} and {spec.file_option} are both set: set only one")
     if key:
-        return Key(key, "omocaptcha_key")
-    if key_file:
-        return Key(read_key_file(key_file), f"omocaptcha_key_file {key_file}")
-    from_env = environ.get(KEY_ENV, "").strip()
-    return Key(from_env, KEY_ENV) if from_env else Key("", "")
+        return Key(key, spec.option)
+    if key_file and spec.file_option is not None:
+        return Key(read_key_file(key_file, option=spec.file_option), f"{spec.file_option} {key_file}")
+    from_env = environ.get(spec.env, "").strip()
+    return Key(from_env, spec.env) if from_env else Key("", "")

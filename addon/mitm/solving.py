@@ -11,13 +11,14 @@ from mitmproxy import ctx, exceptions
 
 from addon.mitm import option_table, options
 from addon.solving.chain import ChainSettings, SolverFactory, accepted, parse_solvers
+from addon.solving.plugins import KeySpec
 from addon.solving.registry import SPECS
 from addon.solving.scheduler import Scheduler, SchedulerConfig
 
 logger = logging.getLogger(__name__)
 
 OPTIONS = frozenset(o.name for o in option_table.OPTIONS if o.addon == "solving")
-NEEDS_KEY = frozenset(spec.name for spec in SPECS if spec.needs_key)
+NO_KEY = options.Key("", "")
 
 
 class CaptchaSolving:
@@ -25,7 +26,7 @@ class CaptchaSolving:
         self.scheduler = scheduler
         self._http: httpx.AsyncClient | None = None
         self._factory: SolverFactory | None = None
-        self._key = options.Key("", "")
+        self._keys: dict[KeySpec, options.Key] = {}
 
     def load(self, loader: Any) -> None:
         option_table.declare(loader, "solving")
@@ -35,24 +36,27 @@ class CaptchaSolving:
             return
         o = ctx.options  # values were checked by options.guard (in CaptchaApi, the first addon)
         low_balance = float(o.captcha_low_balance)
-        found = options.resolve_key(o.omocaptcha_key, o.omocaptcha_key_file, os.environ)
-        if found != self._key:
-            logger.info(f"captcha: solving key from {found.source or 'nowhere (no paid service can be used)'}")
-        self._key = found
-        key = found.value
+        for spec in option_table.SOLVER_KEYS:
+            key_file = getattr(o, spec.file_option) if spec.file_option is not None else ""
+            found = options.resolve_key(spec, getattr(o, spec.option), key_file, os.environ)
+            if found != self._keys.get(spec, NO_KEY):
+                logger.info(f"captcha: {spec.label} from {found.source or 'nowhere (no paid service can be used)'}")
+            self._keys[spec] = found
+        keys = {spec: found.value for spec, found in self._keys.items()}
         try:
-            names = parse_solvers(o.captcha_solvers, key)
+            names = parse_solvers(o.captcha_solvers, keys)
         except ValueError as e:
             raise exceptions.OptionsError(
                 f"captcha_solvers={o.captcha_solvers!r}: {e}; accepted: {accepted()}") from None
-        if NEEDS_KEY.intersection(names) and not key:
-            logger.warning("captcha: captcha_solvers names a paid service but no key is set (omocaptcha_key / "
-                           "OMOCAPTCHA_KEY): its challenges fail as invalid_key or go to the next solver")
+        unset = dict.fromkeys(s.key for s in SPECS if s.name in names and s.key is not None and not keys.get(s.key))
+        for spec in unset:
+            logger.warning(f"captcha: captcha_solvers names a paid service but no key is set ({spec.where()}): its "
+                           "challenges fail as invalid_key or go to the next solver")
         if self._factory is None:
             self._http = make_http_client(o.captcha_max_jobs)
             self._factory = SolverFactory(self._http)
         values = {option.name: getattr(o, option.name) for option in option_table.SOLVER_OPTIONS}
-        solvers = self._factory.build(ChainSettings(names, key, values))
+        solvers = self._factory.build(ChainSettings(names, keys, values))
         self.scheduler.configure(SchedulerConfig(
             solvers=solvers, width_view=o.captcha_width_view, poll_s=o.captcha_poll_ms / 1000,
             timeout_s=float(o.captcha_timeout), max_jobs=o.captcha_max_jobs, max_waiting=o.captcha_max_waiting,

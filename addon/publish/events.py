@@ -9,14 +9,20 @@ from __future__ import annotations
 
 import datetime
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from addon.capture.assemble import ImagePart
 from addon.capture.images import Role
 from addon.kinds import SPECS, FailureReason, kind_of_mode
-from addon.solving.base import Answer
 
 FINAL = frozenset(("solved", "failed"))
+
+
+class AnswerJson(Protocol):
+    """What an event needs of a solver's answer (`addon/solving/base.py`: SlideAnswer, RotateAnswer, PointsAnswer):
+    its JSON. A protocol, so that publish, downstream of solving, imports nothing from it."""
+
+    def to_json(self) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +91,7 @@ class Captured(Event):
         if self.kind == "slide" and self.tip_y is not None:
             out["tip_y"] = self.tip_y
         kind = kind_of_mode(self.kind)
-        if kind is not None and SPECS[kind].answer == "points":
+        if kind is not None and SPECS[kind].has_question:
             out["question"] = self.question
         if self.verify_id:
             out["verify_id"] = self.verify_id
@@ -108,7 +114,7 @@ class Solved(Event):
     service: str
     job_id: str | int | None
     result: str
-    answer: Answer
+    answer: AnswerJson
     elapsed_ms: int
     confidence: float | None = None
     tried: tuple[str, ...] = ()

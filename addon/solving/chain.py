@@ -10,8 +10,12 @@ from typing import Any
 import httpx
 
 from addon.solving.base import Solver
-from addon.solving.plugins import SolverSettings, SolverSpec
+from addon.solving.plugins import KeySpec, SolverSettings, SolverSpec
 from addon.solving.registry import SPECS
+
+Keys = Mapping[KeySpec, str]
+"""The paid services' keys as resolved (a KeySpec missing or "": not set)."""
+NO_KEYS: Keys = {}
 
 
 def listed(specs: Sequence[SolverSpec] = SPECS, *, code: bool = False) -> str:
@@ -30,27 +34,33 @@ def auto_text(specs: Sequence[SolverSpec] = SPECS, *, code: bool = False) -> str
     def shown(spec: SolverSpec | None) -> str:
         return q("none" if spec is None else (spec.aliases or (spec.name,))[0])
 
-    return f"{q('auto')} = {shown(auto_pick('key', specs))} when a key is set, else {shown(auto_pick('', specs))}"
+    every, none = _keys(specs, "key"), _keys(specs, "")
+    return f"{q('auto')} = {shown(auto_pick(every, specs))} when a key is set, else {shown(auto_pick(none, specs))}"
+
+
+def _keys(specs: Sequence[SolverSpec], value: str) -> Keys:
+    return {s.key: value for s in specs if s.key is not None}
 
 
 def accepted(specs: Sequence[SolverSpec] = SPECS) -> str:
     return f"'auto', 'none', or a comma list of {listed(specs)}"
 
 
-def auto_pick(key: str, specs: Sequence[SolverSpec] = SPECS) -> SolverSpec | None:
-    """What `auto` means: the first `auto` spec that needs the key when a key is set, else the first that needs none."""
-    picks = [s for s in specs if s.auto and (s.needs_key if key else not s.needs_key)]
-    if not picks and key:
-        picks = [s for s in specs if s.auto and not s.needs_key]
+def auto_pick(keys: Keys, specs: Sequence[SolverSpec] = SPECS) -> SolverSpec | None:
+    """What `auto` means: the first `auto` spec whose key is set, else the first that needs none."""
+    def has_key(s: SolverSpec) -> bool:
+        return s.key is not None and bool(keys.get(s.key))
+
+    picks = [s for s in specs if s.auto and has_key(s)] or [s for s in specs if s.auto and s.key is None]
     return picks[0] if picks else None
 
 
-def parse_solvers(text: str, key: str, specs: Sequence[SolverSpec] = SPECS) -> tuple[str, ...]:
-    """The solver names in order (each spec's own name, aliases resolved); case and spaces do not matter.
-    Raises ValueError."""
+def parse_solvers(text: str, keys: Keys = NO_KEYS, specs: Sequence[SolverSpec] = SPECS) -> tuple[str, ...]:
+    """The solver names in order (each spec's own name, aliases resolved); case and spaces do not matter; `keys`
+    only matter to `auto`. Raises ValueError."""
     text = text.strip().lower()
     if text in ("", "auto"):
-        pick = auto_pick(key, specs)
+        pick = auto_pick(keys, specs)
         return (pick.name,) if pick is not None else ()
     if text == "none":
         return ()
@@ -69,7 +79,7 @@ def parse_solvers(text: str, key: str, specs: Sequence[SolverSpec] = SPECS) -> t
 def valid_solvers(text: str, specs: Sequence[SolverSpec] = SPECS) -> bool:
     """The `captcha_solvers` rule."""
     try:
-        parse_solvers(text, "", specs)
+        parse_solvers(text, NO_KEYS, specs)
     except ValueError:
         return False
     return True
@@ -78,7 +88,7 @@ def valid_solvers(text: str, specs: Sequence[SolverSpec] = SPECS) -> bool:
 @dataclass(frozen=True, slots=True)
 class ChainSettings:
     names: tuple[str, ...]
-    key: str = field(repr=False)
+    keys: Keys = field(repr=False)
     values: Mapping[str, Any]
     """The solvers' own options (each spec's `options`) by name."""
 
@@ -106,10 +116,11 @@ class SolverFactory:
             spec.start(solver)
 
     def build(self, settings: ChainSettings) -> tuple[Solver, ...]:
-        built = SolverSettings(settings.key, settings.values, self.http)
         out: list[Solver] = []
         for name in settings.names:
             spec = self._specs[name]
+            key = settings.keys.get(spec.key, "") if spec.key is not None else ""
+            built = SolverSettings(key, settings.values, self.http)
             fingerprint = spec.fingerprint(built)
             made = self._made.get(name)
             if made is None or made[0] != fingerprint:

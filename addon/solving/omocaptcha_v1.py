@@ -27,13 +27,15 @@ from addon.solving.base import (
     view_size,
 )
 from addon.solving.paid import PaidHttpSolver
-from addon.solving.plugins import SolverSettings, SolverSpec
+from addon.solving.plugins import KeySpec, SolverSettings, SolverSpec
 
 DEFAULT_URL = "https://omocaptcha.com/api"
 TYPE_ROTATE_WEB = "23"
 TYPE_SLIDE_WEB = "21"
 TYPE_3D_WEB = "22"
 SERVICE = "omocaptcha-v1"
+KEY = KeySpec("omocaptcha_key", "OMOCAPTCHA_KEY", "omocaptcha_key_file")
+"""The key omocaptcha's v1 and v2 share; its two options are the addon's table's (`addon/mitm/option_table.py`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +115,7 @@ def _build(settings: SolverSettings) -> OmocaptchaV1Solver:
 
 
 SPEC = SolverSpec(
-    SERVICE, paid=True, kinds=OmocaptchaV1Solver.kinds, build=_build, aliases=("omocaptcha",), needs_key=True,
+    SERVICE, paid=True, kinds=OmocaptchaV1Solver.kinds, build=_build, aliases=("omocaptcha",), key=KEY,
     auto=True,
     options=(
         Option(

@@ -30,6 +30,7 @@ from addon.solving.base import (
     object_image_size,
     view_size,
 )
+from addon.solving.omocaptcha_v1 import KEY
 from addon.solving.paid import PaidHttpSolver
 from addon.solving.plugins import SolverSettings, SolverSpec
 
@@ -130,7 +131,7 @@ def _build(settings: SolverSettings) -> OmocaptchaV2Solver:
 
 
 SPEC = SolverSpec(
-    SERVICE, paid=True, kinds=OmocaptchaV2Solver.kinds, build=_build, needs_key=True,
+    SERVICE, paid=True, kinds=OmocaptchaV2Solver.kinds, build=_build, key=KEY,
     options=(
         Option(
             'omocaptcha_v2_url', str, DEFAULT_URL, 'solving',
