@@ -22,6 +22,7 @@ NOT_RUNNABLE = {
     "tests/kit/e2e.py": "a library: the end-to-end tests' shared pieces",
     "tests/kit/redis_server.py": "a library: a real redis-server for the fleet tests",
     "tests/kit/upstream.py": "a library: the recording upstream proxy of the proxy-mode tests",
+    "tests/kit/fake_calls.py": "a library: how v1 and v2 of the fake write the same call, for its tests",
     "scripts/answer_api.py": "a library: what the browser examples share",
 }
 
