@@ -16,8 +16,6 @@ import logging
 import secrets
 import urllib.parse
 
-import h11
-
 from addon.publish.board import Board
 from addon.publish.events import Event
 
@@ -81,8 +79,7 @@ class EventStreamServer:
             client = query.get("client") or None
             last = _int(headers.get("last-event-id") or query.get("last_event_id"))
             await self._stream(writer, client, last)
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ConnectionError,
-                h11.RemoteProtocolError):
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ConnectionError):
             pass
         except asyncio.CancelledError:
             pass
@@ -134,14 +131,15 @@ class EventStreamServer:
 
 
 def _parse_head(head: bytes) -> tuple[str, dict[str, str]]:
-    """The request target and headers (names lower-cased) of a request head, read by h11."""
-    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_HEAD)
-    conn.receive_data(head)
-    request = conn.next_event()
-    if not isinstance(request, h11.Request):
-        raise ConnectionError("no complete request head")
-    headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in request.headers}
-    return request.target.decode("latin-1"), headers
+    lines = head.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ")
+    target = parts[1] if len(parts) >= 2 else "/"
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        if sep:
+            headers[name.strip().lower()] = value.strip()
+    return target, headers
 
 
 def _int(text: str | None) -> int | None:
