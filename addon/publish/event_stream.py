@@ -131,6 +131,7 @@ class EventStreamServer:
 
 
 def _parse_head(head: bytes) -> tuple[str, dict[str, str]]:
+    # By hand, not h11: h11 refuses an HTTP/1.1 head without Host, which this loopback server has always taken.
     lines = head.decode("latin-1").split("\r\n")
     parts = lines[0].split(" ")
     target = parts[1] if len(parts) >= 2 else "/"
