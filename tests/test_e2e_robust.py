@@ -46,9 +46,9 @@ async def wait_until_settled(dev: Device, captured: int, limit: float = 90) -> d
         await asyncio.sleep(0.25)
 
 
-async def test_load_300_challenges_from_100_clients(origin: Any, challenges: Any, tmp_path: Path) -> None:
+async def test_load_200_challenges_from_100_clients(origin: Any, challenges: Any, tmp_path: Path) -> None:
     d, _ = challenges
-    clients, each = 100, 3
+    clients, each = 100, 2
     with FakeOmocaptcha(keys=(KEY,), manifests=(str(d),)) as fake, proxy(
         origin, tmp_path, omocaptcha_key=KEY, omocaptcha_url=fake.base_url, captcha_poll_ms=100,
         captcha_max_jobs=32, captcha_max_waiting=40, captcha_timeout=60,
