@@ -321,7 +321,7 @@ def test_job_payload_refuses_an_image_cut_short(manifest_dir: Any, mode: str, ro
 
 
 @pytest.mark.parametrize(("mode", "role", "message"), [
-    ("whirl", Role.INNER, "without both inner and outer"), ("whirl", Role.OUTER, "without both inner and outer"),
+    ("whirl", Role.INNER, "without its inner image"), ("whirl", Role.OUTER, "without its outer image"),
     ("slide", Role.BACKGROUND, "without its background"),
 ])
 def test_job_payload_refuses_a_challenge_missing_an_image(manifest_dir: Any, mode: str, role: Role,

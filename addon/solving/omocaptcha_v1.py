@@ -8,7 +8,6 @@ import math
 from dataclasses import dataclass
 from typing import Any, assert_never
 
-from addon.capture import images
 from addon.capture.assemble import Captured
 from addon.capture.images import Role
 from addon.kinds import Kind
@@ -26,7 +25,7 @@ from addon.solving.base import (
     object_image_size,
     view_size,
 )
-from addon.solving.paid import PaidHttpSolver
+from addon.solving.paid import PaidHttpSolver, whole_images
 from addon.solving.plugins import KeySpec, SolverSettings, SolverSpec
 
 DEFAULT_URL = "https://omocaptcha.com/api"
@@ -131,32 +130,19 @@ SPEC = SolverSpec(
 def job_payload(c: Captured, width_view: int) -> tuple[str, str, dict[str, int]]:
     """Checks the images are whole (a truncated body fails here as BadImage, not at the service) and builds the
     job: (type_job_id, image_base64, the view sizes the job type wants)."""
-    with failures.image_checks():
-        match c.kind:
-            case Kind.ROTATE:
-                inner, outer = c.images.get(Role.INNER), c.images.get(Role.OUTER)
-                if inner is None or outer is None:
-                    raise failures.BadImage("rotate challenge without both inner and outer images")
-                images.check_complete(inner.body, inner.info)
-                images.check_complete(outer.body, outer.info)
-                return TYPE_ROTATE_WEB, b64(inner.body) + "|" + b64(outer.body), {}
-            case Kind.SLIDE:
-                background = c.images.get(Role.BACKGROUND)
-                if background is None:
-                    raise failures.BadImage("slide challenge without its background image")
-                images.check_complete(background.body, background.info)
-                return TYPE_SLIDE_WEB, b64(background.body), {"width_view": width_view}
-            case Kind.THREE_D:
-                image = c.images.get(Role.IMAGE)
-                if image is None:
-                    raise failures.BadImage("3d challenge without its image")
-                images.check_object_image(image.body, image.info)
-                view_width, view_height = view_size(c, width_view)
-                return TYPE_3D_WEB, b64(image.body), {"width_view": view_width, "height_view": view_height}
-            case Kind.ICON:
-                raise failures.NoSolver("omocaptcha v1 has no job for icon challenges")
-            case _:
-                assert_never(c.kind)
+    parts = whole_images(c)
+    match c.kind:
+        case Kind.ROTATE:
+            return TYPE_ROTATE_WEB, b64(parts[Role.INNER].body) + "|" + b64(parts[Role.OUTER].body), {}
+        case Kind.SLIDE:
+            return TYPE_SLIDE_WEB, b64(parts[Role.BACKGROUND].body), {"width_view": width_view}
+        case Kind.THREE_D:
+            view_width, view_height = view_size(c, width_view)
+            return TYPE_3D_WEB, b64(parts[Role.IMAGE].body), {"width_view": view_width, "height_view": view_height}
+        case Kind.ICON:
+            raise failures.NoSolver("omocaptcha v1 has no job for icon challenges")
+        case _:
+            assert_never(c.kind)
 
 
 def b64(body: bytes) -> str:

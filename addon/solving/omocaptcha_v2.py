@@ -13,7 +13,6 @@ import json
 import math
 from typing import Any, assert_never
 
-from addon.capture import images
 from addon.capture.assemble import Captured
 from addon.capture.images import Role
 from addon.kinds import Kind
@@ -31,7 +30,7 @@ from addon.solving.base import (
     view_size,
 )
 from addon.solving.omocaptcha_v1 import KEY
-from addon.solving.paid import PaidHttpSolver
+from addon.solving.paid import PaidHttpSolver, whole_images
 from addon.solving.plugins import SolverSettings, SolverSpec
 
 DEFAULT_URL = "https://api.omocaptcha.com/v2"
@@ -149,38 +148,26 @@ SPEC = SolverSpec(
 def task_of(c: Captured, width_view: int) -> dict[str, Any]:
     """Checks the images are whole (a truncated body fails here as BadImage, not at the service) and builds the
     task."""
-    with failures.image_checks():
-        match c.kind:
-            case Kind.ROTATE:
-                inner, outer = c.images.get(Role.INNER), c.images.get(Role.OUTER)
-                if inner is None or outer is None:
-                    raise failures.BadImage("rotate challenge without both inner and outer images")
-                images.check_complete(inner.body, inner.info)
-                images.check_complete(outer.body, outer.info)
-                return {"type": TASK_ROTATE_WEB, "imageBase64s": [_b64(inner.body), _b64(outer.body)]}
-            case Kind.SLIDE:
-                background = c.images.get(Role.BACKGROUND)
-                if background is None:
-                    raise failures.BadImage("slide challenge without its background image")
-                images.check_complete(background.body, background.info)
-                return {"type": TASK_SLIDE_WEB, "imageBase64": _b64(background.body), "widthView": width_view}
-            case Kind.THREE_D | Kind.ICON:
-                image = c.images.get(Role.IMAGE)
-                if image is None:
-                    raise failures.BadImage(f"{c.kind} challenge without its image")
-                images.check_object_image(image.body, image.info)
-                view_width, view_height = view_size(c, width_view)
-                task: dict[str, Any] = {"type": TASK_3D_WEB if c.kind is Kind.THREE_D else TASK_ICON_WEB,
-                                        "imageBase64": _b64(image.body), "widthView": view_width,
-                                        "heightView": view_height}
-                if c.kind is Kind.ICON:
-                    if not c.question:
-                        raise failures.NoQuestion("icon challenge without its prompt: the traffic did not carry a "
-                                                  "usable one (none, or over 500 characters)")
-                    task["question"] = c.question
-                return task
-            case _:
-                assert_never(c.kind)
+    parts = whole_images(c)
+    match c.kind:
+        case Kind.ROTATE:
+            pair = [_b64(parts[Role.INNER].body), _b64(parts[Role.OUTER].body)]
+            return {"type": TASK_ROTATE_WEB, "imageBase64s": pair}
+        case Kind.SLIDE:
+            return {"type": TASK_SLIDE_WEB, "imageBase64": _b64(parts[Role.BACKGROUND].body), "widthView": width_view}
+        case Kind.THREE_D | Kind.ICON:
+            view_width, view_height = view_size(c, width_view)
+            task: dict[str, Any] = {"type": TASK_3D_WEB if c.kind is Kind.THREE_D else TASK_ICON_WEB,
+                                    "imageBase64": _b64(parts[Role.IMAGE].body), "widthView": view_width,
+                                    "heightView": view_height}
+            if c.kind is Kind.ICON:
+                if not c.question:
+                    raise failures.NoQuestion("icon challenge without its prompt: the traffic did not carry a "
+                                              "usable one (none, or over 500 characters)")
+                task["question"] = c.question
+            return task
+        case _:
+            assert_never(c.kind)
 
 
 def _b64(body: bytes) -> str:

@@ -19,8 +19,12 @@ from typing import Any, TypeVar
 
 import httpx
 
-from addon.kinds import Kind
+from addon import kinds
+from addon.capture import images
+from addon.capture.assemble import Captured, ImagePart
+from addon.kinds import Kind, Role
 from addon.ratelimit import RateLimitedLog
+from addon.solving import failures
 from addon.solving.base import Job
 from addon.solving.failures import InvalidKey, ServiceError, SolveFailure, Unavailable, Unsolvable
 
@@ -156,3 +160,21 @@ class PaidHttpSolver:
             return await self.post(call, body)
         except Unavailable as f:
             raise Unavailable(f.message, reached=False) from None
+
+
+def whole_images(c: Captured) -> dict[Role, ImagePart]:
+    """The images the challenge's kind needs, each checked whole before a job is paid for (an object picture is
+    also decoded: call it off the event loop); a missing or cut one raises BadImage."""
+    spec = kinds.spec(c.kind)
+    found = {role: c.images.get(role) for role in spec.needs}
+    missing = sorted(role.value for role, part in found.items() if part is None)
+    if missing:
+        raise failures.BadImage(f"{c.kind} challenge without its {' and '.join(missing)} image")
+    with failures.image_checks():
+        for part in found.values():
+            assert part is not None
+            if spec.answer == "points":
+                images.check_object_image(part.body, part.info)
+            else:
+                images.check_complete(part.body, part.info)
+    return {role: part for role, part in found.items() if part is not None}
